@@ -1,0 +1,103 @@
+//! The error boundary: handlers return `CriError`, and this file alone decides which gRPC
+//! code each domain error becomes. The kubelet acts on codes (NotFound in particular), so
+//! they must not be chosen ad hoc at call sites.
+
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CriError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0} is not implemented by berth yet")]
+    Unimplemented(&'static str),
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type CriResult<T> = Result<T, CriError>;
+
+impl CriError {
+    pub fn code(&self) -> Code {
+        match self {
+            CriError::NotFound(_) => Code::NotFound,
+            CriError::InvalidArgument(_) => Code::InvalidArgument,
+            CriError::AlreadyExists(_) => Code::AlreadyExists,
+            CriError::FailedPrecondition(_) => Code::FailedPrecondition,
+            CriError::Unimplemented(_) => Code::Unimplemented,
+            CriError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            CriError::Unavailable(_) => Code::Unavailable,
+            CriError::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<CriError> for Status {
+    fn from(e: CriError) -> Status {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+impl From<meta_store::Error> for CriError {
+    fn from(e: meta_store::Error) -> CriError {
+        CriError::Internal(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_found_is_not_found() {
+        let s: Status = CriError::NotFound("pod sandbox \"abc\" not found".into()).into();
+        assert_eq!(s.code(), Code::NotFound);
+        assert_eq!(s.message(), "pod sandbox \"abc\" not found");
+    }
+
+    #[test]
+    fn unimplemented_names_the_rpc() {
+        let s: Status = CriError::Unimplemented("CheckpointContainer").into();
+        assert_eq!(s.code(), Code::Unimplemented);
+        assert!(s.message().contains("CheckpointContainer"));
+    }
+
+    #[test]
+    fn every_kind_has_its_own_code() {
+        let cases = [
+            (
+                CriError::InvalidArgument(String::new()),
+                Code::InvalidArgument,
+            ),
+            (CriError::AlreadyExists(String::new()), Code::AlreadyExists),
+            (
+                CriError::FailedPrecondition(String::new()),
+                Code::FailedPrecondition,
+            ),
+            (
+                CriError::DeadlineExceeded(String::new()),
+                Code::DeadlineExceeded,
+            ),
+            (CriError::Unavailable(String::new()), Code::Unavailable),
+            (CriError::Internal(String::new()), Code::Internal),
+        ];
+        for (e, code) in cases {
+            assert_eq!(Status::from(e).code(), code);
+        }
+    }
+
+    #[test]
+    fn store_failures_are_internal() {
+        let e: CriError = meta_store::Error::Storage("disk on fire".into()).into();
+        assert_eq!(e.code(), Code::Internal);
+    }
+}

@@ -1,0 +1,115 @@
+//! `berth`: the daemon and its small command-line companions.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use cri_server::config::{Config, LogFormat, Overrides};
+
+#[derive(Parser)]
+#[command(
+    name = "berth",
+    version,
+    about = "A Kubernetes CRI runtime for native Linux and WebAssembly containers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the CRI on a unix socket.
+    Serve {
+        /// Configuration file [default: /etc/berth/config.toml, optional]
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// CRI socket path (overrides `socket`)
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Persistent data directory (overrides `root_dir`)
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Runtime state directory (overrides `state_dir`)
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Log format (overrides `log.format`)
+        #[arg(long, value_parser = parse_log_format)]
+        log_format: Option<LogFormat>,
+        /// Log level (overrides `log.level`)
+        #[arg(long)]
+        log_level: Option<String>,
+    },
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the built-in defaults as TOML.
+    Default,
+    /// Load a config file (and the defaults), check it, and print the effective result.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    match s {
+        "human" => Ok(LogFormat::Human),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(format!("{s:?} is not \"human\" or \"json\"")),
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve {
+            config,
+            socket,
+            root,
+            state,
+            log_format,
+            log_level,
+        } => {
+            let overrides = Overrides {
+                socket,
+                root_dir: root,
+                state_dir: state,
+                log_format,
+                log_level,
+            };
+            let config = Config::load(config.as_deref(), &overrides)?;
+            cri_server::logging::init(&config.log);
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(cri_server::server::serve(config))
+        }
+        Command::Config { command } => match command {
+            ConfigCommand::Default => {
+                print!("{}", Config::default_toml());
+                Ok(())
+            }
+            ConfigCommand::Check { config } => {
+                let config = Config::load(config.as_deref(), &Overrides::default())?;
+                print!("{}", toml::to_string_pretty(&config)?);
+                Ok(())
+            }
+        },
+    }
+}

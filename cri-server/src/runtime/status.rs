@@ -1,0 +1,62 @@
+//! Status: the RuntimeReady and NetworkReady conditions, the runtime handlers and their
+//! features, and (verbose) the effective configuration as JSON.
+
+use std::collections::HashMap;
+
+use k8s_cri::v1::{
+    RuntimeCondition, RuntimeFeatures, RuntimeHandler, RuntimeHandlerFeatures, RuntimeStatus,
+    StatusRequest, StatusResponse,
+};
+use sandbox::cni::{NetworkReadiness, find_network};
+
+use crate::error::{CriError, CriResult};
+use crate::service::CriService;
+
+const RUNTIME_READY: &str = "RuntimeReady";
+const NETWORK_READY: &str = "NetworkReady";
+
+pub fn status(svc: &CriService, req: StatusRequest) -> CriResult<StatusResponse> {
+    let cfg = &svc.config;
+    let (_, readiness) = find_network(&cfg.cni.conf_dir, &cfg.cni.bin_dirs);
+    let network = match readiness {
+        NetworkReadiness::Ready => RuntimeCondition {
+            r#type: NETWORK_READY.into(),
+            status: true,
+            ..Default::default()
+        },
+        NetworkReadiness::NotReady { reason, message } => RuntimeCondition {
+            r#type: NETWORK_READY.into(),
+            status: false,
+            reason,
+            message,
+        },
+    };
+    let runtime = RuntimeCondition {
+        r#type: RUNTIME_READY.into(),
+        status: true,
+        ..Default::default()
+    };
+    let mut info = HashMap::new();
+    if req.verbose {
+        let config = serde_json::to_string(cfg.as_ref())
+            .map_err(|e| CriError::Internal(format!("serialising the config: {e}")))?;
+        info.insert("config".to_string(), config);
+    }
+    Ok(StatusResponse {
+        status: Some(RuntimeStatus {
+            conditions: vec![runtime, network],
+        }),
+        info,
+        // The default handler; features are advertised only once they really work.
+        runtime_handlers: vec![RuntimeHandler {
+            name: String::new(),
+            features: Some(RuntimeHandlerFeatures {
+                recursive_read_only_mounts: false,
+                user_namespaces: false,
+            }),
+        }],
+        features: Some(RuntimeFeatures {
+            supplemental_groups_policy: false,
+        }),
+    })
+}

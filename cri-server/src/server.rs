@@ -1,0 +1,153 @@
+//! The daemon's life: directories, claiming the socket, serving both CRI services, and a
+//! graceful stop on SIGTERM/SIGINT (stop accepting, finish in-flight calls, remove the
+//! socket).
+
+use std::io::ErrorKind;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use k8s_cri::v1::image_service_server::ImageServiceServer;
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use meta_store::MetaStore;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::Config;
+use crate::logging::RpcLogLayer;
+use crate::service::CriService;
+
+/// Largest gRPC message either way; ListContainers on a full node is big.
+pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
+
+const SOCKET_MODE: u32 = 0o660;
+const SOCKET_DIR_MODE: u32 = 0o750;
+/// Our data is nobody else's business (CVE-2024-25621: world-traversable state dirs).
+const PRIVATE_DIR_MODE: u32 = 0o700;
+
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let socket_dir = config
+        .socket
+        .parent()
+        .context("the socket path has no parent directory")?
+        .to_path_buf();
+    ensure_dir(&socket_dir, SOCKET_DIR_MODE)?;
+    for dir in [&config.root_dir, &config.state_dir] {
+        // The state dir may hold the socket (the default); it keeps the socket dir's mode.
+        let mode = if *dir == socket_dir {
+            SOCKET_DIR_MODE
+        } else {
+            PRIVATE_DIR_MODE
+        };
+        ensure_dir(dir, mode)?;
+    }
+    claim_socket(&config.socket).await?;
+
+    let meta = MetaStore::open(&config.meta_store_path())?;
+    let listener = UnixListener::bind(&config.socket)
+        .with_context(|| format!("binding {}", config.socket.display()))?;
+    std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(SOCKET_MODE))?;
+
+    let socket = config.socket.clone();
+    let service = CriService::new(config, meta)?;
+    tracing::info!(
+        socket = %socket.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "berth is serving the CRI"
+    );
+    let result = tonic::transport::Server::builder()
+        .layer(RpcLogLayer)
+        .add_service(
+            RuntimeServiceServer::new(service.clone())
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+        )
+        .add_service(
+            ImageServiceServer::new(service)
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+        )
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
+        .await;
+    // Remove the socket even when serving failed, so the next start finds no stale file.
+    if let Err(e) = std::fs::remove_file(&socket)
+        && e.kind() != ErrorKind::NotFound
+    {
+        tracing::warn!(socket = %socket.display(), error = %e, "could not remove the socket");
+    }
+    result.context("serving the CRI")?;
+    tracing::info!("berth stopped");
+    Ok(())
+}
+
+fn ensure_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", dir.display()))
+}
+
+/// Refuses to start when a live server answers on the socket; replaces a stale one.
+async fn claim_socket(socket: &Path) -> anyhow::Result<()> {
+    let meta = match std::fs::symlink_metadata(socket) {
+        Ok(m) => m,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("inspecting {}", socket.display())),
+    };
+    if !meta.file_type().is_socket() {
+        bail!(
+            "{} exists and is not a socket; refusing to replace it",
+            socket.display()
+        );
+    }
+    match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(_) => {
+            let who = describe_server(socket).await;
+            bail!(
+                "{who} already answers on {}; refusing to start a second one",
+                socket.display()
+            )
+        }
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+            tracing::info!(socket = %socket.display(), "replacing a stale socket");
+            std::fs::remove_file(socket)
+                .with_context(|| format!("removing the stale socket {}", socket.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("probing {}", socket.display())),
+    }
+}
+
+/// Names whatever answers on the socket, for the refusal message.
+async fn describe_server(socket: &Path) -> String {
+    let ask = async {
+        let channel = crate::client::connect(socket).await.ok()?;
+        let v = crate::client::runtime(channel)
+            .version(k8s_cri::v1::VersionRequest::default())
+            .await
+            .ok()?
+            .into_inner();
+        Some(format!("{} {}", v.runtime_name, v.runtime_version))
+    };
+    match tokio::time::timeout(Duration::from_secs(2), ask).await {
+        Ok(Some(who)) => who,
+        _ => "a server".to_string(),
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(
+        signal = name,
+        "shutting down: no new calls, finishing in-flight ones"
+    );
+}

@@ -1,0 +1,5 @@
+//! Linux isolation for berth: pod sandboxes (pinned namespaces, DNS and hosts files, CNI
+//! networking, cgroups) and, later, per-container processes and their monitor.
+//! Nothing here knows about gRPC or CRI types; `cri-server` translates.
+
+pub mod cni;
