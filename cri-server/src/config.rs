@@ -290,8 +290,10 @@ mod tests {
         let mut c = Config::default();
         c.log.level = "loud".into();
         assert!(c.validate().unwrap_err().starts_with("log.level"));
-        let mut c = Config::default();
-        c.root_dir = "relative".into();
+        let c = Config {
+            root_dir: "relative".into(),
+            ..Default::default()
+        };
         assert!(c.validate().unwrap_err().starts_with("root_dir"));
         let mut c = Config::default();
         c.streaming.address = "localhost".into();
