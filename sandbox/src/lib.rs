@@ -3,3 +3,6 @@
 //! Nothing here knows about gRPC or CRI types; `cri-server` translates.
 
 pub mod cni;
+pub mod pod;
+pub mod sealed_exe;
+pub mod undo;

@@ -1,0 +1,236 @@
+//! The pod init: the process that holds a pod's PID namespace (PID 1 in it). It is berth's
+//! own binary entered through a hidden first argument, run from the sealed copy (see
+//! `sealed_exe`), and does nothing but reap orphans until SIGTERM or SIGINT.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+
+use crate::sealed_exe;
+
+/// `berth <POD_INIT_ARG>` runs the pod init instead of the CLI.
+pub const POD_INIT_ARG: &str = "__pod-init";
+/// Its name in `ps` (argv[0]) and in `/proc/<pid>/comm`.
+pub const POD_INIT_NAME: &str = "berth-pod-init";
+
+/// The pod init's whole life. Call it first thing in `main`, before any runtime, thread
+/// or logger starts. Never returns.
+pub fn pod_init_main() -> ! {
+    // SAFETY: plain syscalls on locals; a single-threaded process.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, c"berth-pod-init".as_ptr(), 0, 0, 0);
+        // As PID 1 of a namespace, a signal with the default action is dropped; a blocked
+        // one is queued, so block the ones we act on and take them synchronously.
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGCHLD] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        loop {
+            match libc::sigwaitinfo(&set, std::ptr::null_mut()) {
+                libc::SIGCHLD => {
+                    while libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) > 0 {}
+                }
+                libc::SIGTERM | libc::SIGINT => libc::_exit(0),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A running pod init, identified by PID and start time so a reused PID is never
+/// mistaken for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitProcess {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+/// Starts the pod init as a child of the calling thread, which must already be in the
+/// pod's namespaces with `unshare(CLONE_NEWPID)` done (so the child is PID 1 of a new PID
+/// namespace). The child starts its own session (a signal to the daemon's process group
+/// does not reach it, and it outlives the daemon) and joins the cgroups whose
+/// `cgroup.procs` files are given, before it execs.
+pub(crate) fn spawn(cgroup_procs: &[impl AsRef<Path>]) -> io::Result<InitProcess> {
+    let exec = sealed_exe::shared()?.prepare(&[POD_INIT_NAME, POD_INIT_ARG], &[])?;
+    let procs: Vec<OwnedFd> = cgroup_procs
+        .iter()
+        .map(|p| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(p.as_ref())
+                .map(OwnedFd::from)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.as_ref().display())))
+        })
+        .collect::<io::Result<_>>()?;
+    let proc_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
+    // The program is never executed: the last pre_exec hook replaces the child with the
+    // sealed copy and returns only its error.
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .current_dir("/");
+    // SAFETY: between fork and exec the hook only makes syscalls and builds io::Errors
+    // from errno (no allocation).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            for fd in &proc_fds {
+                // "0" moves the writing process itself.
+                if libc::write(*fd, b"0".as_ptr().cast(), 1) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Err(exec.exec())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("starting the pod init: {e}")))?;
+    drop(procs);
+    let pid = child.id() as i32;
+    // The Child handle is dropped without waiting: berth reaps the init when it stops the
+    // pod (`terminate`), and after a daemon restart the host's init does.
+    let start_time = proc_start_time(pid)?
+        .ok_or_else(|| io::Error::other(format!("the pod init (pid {pid}) exited at once")))?;
+    Ok(InitProcess { pid, start_time })
+}
+
+impl InitProcess {
+    /// Whether this very process still runs (not exited, not a zombie).
+    pub fn is_alive(&self) -> bool {
+        matches!(proc_stat(self.pid), Ok(Some((state, start))) if start == self.start_time && state != 'Z' && state != 'X')
+    }
+
+    /// Kills the init (and with it every process of its PID namespace) and waits until it
+    /// is gone, reaping it if it is berth's child. Killing an init that is already gone is
+    /// not an error.
+    pub fn terminate(&self, timeout: std::time::Duration) -> io::Result<()> {
+        let pidfd = match self.pidfd()? {
+            Some(fd) => fd,
+            None => return Ok(()),
+        };
+        // SAFETY: pidfd_send_signal on an fd we own that refers to our verified process.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if rc < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH) {
+            return Err(io::Error::last_os_error());
+        }
+        let mut pfd = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the pod init (pid {}) did not exit after SIGKILL", self.pid),
+            ));
+        }
+        self.reap(&pidfd);
+        Ok(())
+    }
+
+    /// Reaps the init if it is berth's own exited child; a no-op otherwise (after a daemon
+    /// restart it is not our child). Safe against PID reuse: the pidfd pins the process.
+    pub fn reap(&self, pidfd: &OwnedFd) {
+        // SAFETY: waitid on a pidfd we own; a non-child answers ECHILD.
+        unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG,
+            );
+        }
+    }
+
+    /// A pidfd for this process, or None if it no longer exists (or the PID was reused).
+    pub fn pidfd(&self) -> io::Result<Option<OwnedFd>> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid, 0) };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            return if e.raw_os_error() == Some(libc::ESRCH) {
+                Ok(None)
+            } else {
+                Err(e)
+            };
+        }
+        // SAFETY: a fresh fd we now own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // Checked after opening the pidfd: from here on the PID cannot be reused.
+        match proc_stat(self.pid)? {
+            Some((_, start)) if start == self.start_time => Ok(Some(fd)),
+            _ => Ok(None),
+        }
+    }
+}
+
+fn proc_start_time(pid: i32) -> io::Result<Option<u64>> {
+    Ok(proc_stat(pid)?.map(|(_, start)| start))
+}
+
+/// (state, start time in clock ticks) from /proc/<pid>/stat; None if there is no such
+/// process.
+fn proc_stat(pid: i32) -> io::Result<Option<(char, u64)>> {
+    let text = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(parse_stat(&text))
+}
+
+/// The comm field may hold spaces and parentheses, so fields are counted after the last ')'.
+fn parse_stat(text: &str) -> Option<(char, u64)> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // After the state come fields 4..; starttime is field 22 overall, the 20th here.
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_parsing_survives_odd_comm_names() {
+        let line = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 123456 1000 10";
+        assert_eq!(parse_stat(line), Some(('S', 123456)));
+        let me = proc_stat(std::process::id() as i32).unwrap().unwrap();
+        assert!(me.0 != 'Z' && me.1 > 0);
+    }
+
+    #[test]
+    fn a_gone_process_is_not_alive() {
+        let p = InitProcess {
+            pid: i32::MAX - 1,
+            start_time: 1,
+        };
+        assert!(!p.is_alive());
+        assert!(p.pidfd().unwrap().is_none());
+        p.terminate(std::time::Duration::from_millis(10)).unwrap();
+    }
+}

@@ -1,0 +1,557 @@
+//! Pod sandboxes: `PodManager` creates, stops, removes and reports pods. A pod is a set of
+//! pinned namespaces (network+UTS, IPC, and a PID namespace held by the pod init), its
+//! cgroup, its CNI attachment, and the files containers bind-mount (resolv.conf, hosts,
+//! hostname, /dev/shm), all under `<state_dir>/pods/<id>/`.
+
+pub mod cgroup;
+pub mod files;
+pub mod init;
+pub mod namespaces;
+mod spec;
+pub mod sysctl;
+
+use std::collections::{BTreeMap, HashSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meta_store::MetaStore;
+use serde::Serialize;
+
+pub use init::InitProcess;
+pub use spec::{NamespaceMode, NamespaceModes, PodRecord, PodSpec};
+
+use crate::cni::{self, Attachment, CniError, CniInvoker, NetworkReadiness};
+use crate::undo::Undo;
+use namespaces::{NamespaceError, NamespacePlan};
+
+/// The interface name of the pod's network inside its namespace.
+pub const POD_IFNAME: &str = "eth0";
+/// The size of a pod's /dev/shm, as containerd makes it.
+const SHM_SIZE: &str = "65536k";
+/// How long one CNI plugin may run.
+const CNI_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a killed pod init may take to go.
+const INIT_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error("pod sandbox {0:?} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("the pod network is not ready: {0}")]
+    NetworkNotReady(String),
+    #[error("pod network: {0}")]
+    Cni(#[from] CniError),
+    #[error("pod namespaces: {0}")]
+    Namespaces(#[from] NamespaceError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] meta_store::Error),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> PodError {
+    let what = what.into();
+    move |source| PodError::Io { what, source }
+}
+
+/// Where a pod manager keeps things and finds its network.
+#[derive(Debug, Clone)]
+pub struct PodManagerConfig {
+    pub state_dir: PathBuf,
+    pub cni_conf_dir: PathBuf,
+    pub cni_bin_dirs: Vec<PathBuf>,
+    /// Cached CNI attachments; must survive a reboot (IP leases do).
+    pub cni_cache_dir: PathBuf,
+}
+
+/// The files and mounts of one pod, for the container work to bind-mount.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PodPaths {
+    pub dir: PathBuf,
+    /// Pins: `<ns_dir>/{net,uts,ipc,pid}` where the pod has them.
+    pub ns_dir: PathBuf,
+    pub resolv_conf: PathBuf,
+    pub hosts: PathBuf,
+    pub hostname: PathBuf,
+    /// A 64 MiB tmpfs, unless the pod uses the host IPC namespace.
+    pub shm: PathBuf,
+}
+
+impl PodPaths {
+    fn new(state_dir: &Path, id: &str) -> PodPaths {
+        let dir = state_dir.join("pods").join(id);
+        PodPaths {
+            ns_dir: dir.join("ns"),
+            resolv_conf: dir.join("resolv.conf"),
+            hosts: dir.join("hosts"),
+            hostname: dir.join("hostname"),
+            shm: dir.join("shm"),
+            dir,
+        }
+    }
+
+    /// The pinned namespace of `kind` ("net", "uts", "ipc", "pid").
+    pub fn namespace(&self, kind: &str) -> PathBuf {
+        namespaces::pin_path(&self.ns_dir, kind)
+    }
+}
+
+/// A pod as reported: its record, whether it is ready, and its paths.
+#[derive(Debug, Clone, Serialize)]
+pub struct PodView {
+    pub record: PodRecord,
+    pub ready: bool,
+    pub paths: PodPaths,
+}
+
+/// The pod sandbox service.
+pub struct PodManager {
+    cfg: PodManagerConfig,
+    meta: Arc<MetaStore>,
+    cni: CniInvoker,
+    pods: Mutex<BTreeMap<String, Arc<Mutex<PodRecord>>>>,
+    /// Reservation keys of pods being created.
+    creating: Mutex<HashSet<String>>,
+}
+
+impl PodManager {
+    /// Loads every pod record, and releases CNI attachments no pod owns any more (left by
+    /// a crash between CNI ADD and the record's commit).
+    pub fn new(cfg: PodManagerConfig, meta: Arc<MetaStore>) -> Result<PodManager, PodError> {
+        // Made now so the first pod does not pay for the copy.
+        crate::sealed_exe::shared().map_err(io_err("preparing the pod init"))?;
+        let cni = CniInvoker {
+            bin_dirs: cfg.cni_bin_dirs.clone(),
+            cache_dir: cfg.cni_cache_dir.clone(),
+            timeout: CNI_TIMEOUT,
+        };
+        let mut pods = BTreeMap::new();
+        for (key, rec) in meta.list::<PodRecord>()? {
+            match rec {
+                Ok(r) => {
+                    pods.insert(key, Arc::new(Mutex::new(r)));
+                }
+                Err(e) => {
+                    tracing::error!(pod = %key, error = %e, "skipping an unreadable pod record")
+                }
+            }
+        }
+        for id in cni.cached_ids() {
+            if !pods.contains_key(&id) {
+                match cni.del(&id) {
+                    Ok(()) => {
+                        tracing::info!(pod = %id, "released the network of a pod berth no longer knows")
+                    }
+                    Err(e) => {
+                        tracing::warn!(pod = %id, error = %e, "releasing an orphaned pod network")
+                    }
+                }
+            }
+        }
+        tracing::info!(pods = pods.len(), "pod sandboxes loaded");
+        Ok(PodManager {
+            cfg,
+            meta,
+            cni,
+            pods: Mutex::new(pods),
+            creating: Mutex::new(HashSet::new()),
+        })
+    }
+
+    pub fn paths(&self, id: &str) -> PodPaths {
+        PodPaths::new(&self.cfg.state_dir, id)
+    }
+
+    /// Creates a pod; returns its id. On any failure nothing is left behind.
+    pub fn run(&self, spec: PodSpec) -> Result<String, PodError> {
+        validate(&spec)?;
+        let key = spec.reservation_key();
+        let _reservation = self.reserve(&key)?;
+        let network = spec.namespaces.network != NamespaceMode::Node;
+        let net_list = if network {
+            match cni::find_network(&self.cfg.cni_conf_dir, &self.cfg.cni_bin_dirs) {
+                (Some(list), NetworkReadiness::Ready) => Some(list),
+                (_, NetworkReadiness::NotReady { message, .. }) => {
+                    return Err(PodError::NetworkNotReady(message));
+                }
+                (None, NetworkReadiness::Ready) => unreachable!("ready without a config"),
+            }
+        } else {
+            None
+        };
+        let id = new_id().map_err(io_err("making a pod id"))?;
+        let paths = self.paths(&id);
+        let mut undo = Undo::new();
+
+        std::fs::create_dir_all(paths.dir.parent().unwrap_or(&paths.dir))
+            .map_err(io_err("creating the pods directory"))?;
+        std::fs::create_dir(&paths.dir)
+            .map_err(io_err(format!("creating {}", paths.dir.display())))?;
+        let dir = paths.dir.clone();
+        undo.push("pod directory", move || {
+            log_failure("removing the pod directory", std::fs::remove_dir_all(&dir))
+        });
+
+        let rel =
+            cgroup::relative_path(&spec.cgroup_parent, &id).map_err(PodError::InvalidArgument)?;
+        let cgroup_dirs = cgroup::create(&rel).map_err(io_err("creating the pod cgroup"))?;
+        let dirs = cgroup_dirs.clone();
+        undo.push("pod cgroup", move || {
+            log_failure("removing the pod cgroup", cgroup::remove(&dirs))
+        });
+
+        let ns_dir = paths.ns_dir.clone();
+        undo.push("pinned namespaces", move || {
+            log_failure("unpinning namespaces", namespaces::unpin_all(&ns_dir))
+        });
+        let init = namespaces::create(NamespacePlan {
+            dir: paths.ns_dir.clone(),
+            network,
+            hostname: spec.hostname.clone(),
+            ipc: spec.namespaces.ipc != NamespaceMode::Node,
+            sysctls: spec
+                .sysctls
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            pod_init: (spec.namespaces.pid == NamespaceMode::Pod)
+                .then(|| cgroup::procs_files(&cgroup_dirs)),
+        })?;
+        if let Some(init) = init {
+            undo.push("pod init", move || {
+                log_failure("killing the pod init", init.terminate(INIT_EXIT_TIMEOUT))
+            });
+        }
+
+        if spec.namespaces.ipc != NamespaceMode::Node {
+            mount_shm(&paths.shm)?;
+            let shm = paths.shm.clone();
+            undo.push("pod /dev/shm", move || {
+                log_failure("unmounting the pod shm", namespaces::detach(&shm))
+            });
+        }
+
+        let hostname = if spec.hostname.is_empty() {
+            host_hostname()
+        } else {
+            spec.hostname.clone()
+        };
+        write_file(&paths.hostname, &format!("{hostname}\n"))?;
+        match files::render_resolv_conf(&spec.dns) {
+            Some(text) => write_file(&paths.resolv_conf, &text)?,
+            None => copy_host_file("/etc/resolv.conf", &paths.resolv_conf)?,
+        }
+
+        let mut ips = Vec::new();
+        if let Some(list) = &net_list {
+            let cni = self.cni.clone();
+            let cni_id = id.clone();
+            undo.push("pod network", move || {
+                log_failure("CNI DEL", cni.del(&cni_id))
+            });
+            let result = self.cni.add(list, &attachment(&id, &paths, &spec))?;
+            ips = result.pod_ips(POD_IFNAME);
+            write_file(
+                &paths.hosts,
+                &files::render_hosts(ips.first().copied(), &hostname),
+            )?;
+        } else {
+            copy_host_file("/etc/hosts", &paths.hosts)?;
+        }
+
+        let record = PodRecord {
+            id: id.clone(),
+            spec,
+            created_at_ns: now_ns(),
+            stopped: false,
+            init,
+            cgroup_dirs,
+            ips,
+            network_attached: net_list.is_some(),
+        };
+        self.meta.put(&id, &record)?;
+        self.pods
+            .lock()
+            .expect("pod table")
+            .insert(id.clone(), Arc::new(Mutex::new(record)));
+        undo.commit();
+        Ok(id)
+    }
+
+    /// Stops a pod: kills its init (and so every process in its PID namespace) and
+    /// detaches it from the network. Idempotent; an unknown pod is not an error.
+    pub fn stop(&self, id: &str) -> Result<(), PodError> {
+        let Some(pod) = self.get(id) else {
+            return Ok(());
+        };
+        let mut rec = pod.lock().expect("pod record");
+        self.stop_locked(&mut rec)
+    }
+
+    fn stop_locked(&self, rec: &mut PodRecord) -> Result<(), PodError> {
+        if let Some(init) = rec.init {
+            init.terminate(INIT_EXIT_TIMEOUT)
+                .map_err(io_err("stopping the pod init"))?;
+        }
+        if rec.network_attached {
+            self.cni.del(&rec.id)?;
+            rec.network_attached = false;
+        }
+        if !rec.stopped {
+            rec.stopped = true;
+            self.meta.put(&rec.id, &*rec)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a pod and everything it holds, stopping it first if needed. Idempotent;
+    /// an unknown pod is not an error.
+    pub fn remove(&self, id: &str) -> Result<(), PodError> {
+        let Some(pod) = self.get(id) else {
+            return Ok(());
+        };
+        let mut rec = pod.lock().expect("pod record");
+        self.stop_locked(&mut rec)?;
+        let paths = self.paths(id);
+        namespaces::detach(&paths.shm).map_err(io_err("unmounting the pod shm"))?;
+        namespaces::unpin_all(&paths.ns_dir).map_err(io_err("unpinning the pod namespaces"))?;
+        match std::fs::remove_dir_all(&paths.dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(io_err(format!("removing {}", paths.dir.display()))(e));
+            }
+            _ => {}
+        }
+        cgroup::remove(&rec.cgroup_dirs).map_err(io_err("removing the pod cgroup"))?;
+        self.meta.delete::<PodRecord>(id)?;
+        self.pods.lock().expect("pod table").remove(id);
+        Ok(())
+    }
+
+    /// One pod; NotFound if berth does not know it.
+    pub fn status(&self, id: &str) -> Result<PodView, PodError> {
+        let pod = self
+            .get(id)
+            .ok_or_else(|| PodError::NotFound(id.to_string()))?;
+        let rec = pod.lock().expect("pod record").clone();
+        Ok(self.view(rec))
+    }
+
+    /// Every pod, in id order.
+    pub fn list(&self) -> Vec<PodView> {
+        let pods: Vec<_> = self
+            .pods
+            .lock()
+            .expect("pod table")
+            .values()
+            .cloned()
+            .collect();
+        pods.into_iter()
+            .map(|p| {
+                let rec = p.lock().expect("pod record").clone();
+                self.view(rec)
+            })
+            .collect()
+    }
+
+    /// The raw JSON of a pod's CNI result, if it is attached.
+    pub fn network_result(&self, id: &str) -> Option<serde_json::Value> {
+        self.cni.cached_result(id).ok().flatten().map(|r| r.raw)
+    }
+
+    fn view(&self, record: PodRecord) -> PodView {
+        let paths = self.paths(&record.id);
+        let ready = !record.stopped
+            && record.init.is_none_or(|i| i.is_alive())
+            && (record.spec.namespaces.network == NamespaceMode::Node
+                || is_pinned(&paths.namespace("net")));
+        PodView {
+            record,
+            ready,
+            paths,
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<Arc<Mutex<PodRecord>>> {
+        self.pods.lock().expect("pod table").get(id).cloned()
+    }
+
+    fn reserve(&self, key: &str) -> Result<Reservation<'_>, PodError> {
+        let taken = |k: &str| {
+            PodError::AlreadyExists(format!(
+                "a pod sandbox named {k:?} already exists; remove it first"
+            ))
+        };
+        let pods: Vec<_> = self
+            .pods
+            .lock()
+            .expect("pod table")
+            .values()
+            .cloned()
+            .collect();
+        for p in pods {
+            if p.lock().expect("pod record").spec.reservation_key() == key {
+                return Err(taken(key));
+            }
+        }
+        if !self
+            .creating
+            .lock()
+            .expect("reservations")
+            .insert(key.to_string())
+        {
+            return Err(taken(key));
+        }
+        Ok(Reservation {
+            set: &self.creating,
+            key: key.to_string(),
+        })
+    }
+}
+
+/// A name being created; released when creation ends either way.
+struct Reservation<'a> {
+    set: &'a Mutex<HashSet<String>>,
+    key: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.set.lock().expect("reservations").remove(&self.key);
+    }
+}
+
+fn validate(spec: &PodSpec) -> Result<(), PodError> {
+    let bad = |m: String| Err(PodError::InvalidArgument(m));
+    if spec.name.is_empty() || spec.namespace.is_empty() {
+        return bad("pod metadata needs a name and a namespace".into());
+    }
+    if !spec.runtime_handler.is_empty() {
+        return bad(format!(
+            "runtime handler {:?} is unknown; berth has only the default handler \"\"",
+            spec.runtime_handler
+        ));
+    }
+    let ns = &spec.namespaces;
+    for (kind, mode) in [("network", ns.network), ("PID", ns.pid), ("IPC", ns.ipc)] {
+        if mode == NamespaceMode::Target {
+            return bad(format!(
+                "{kind} namespace mode TARGET is for containers, not pods"
+            ));
+        }
+    }
+    files::validate_hostname(&spec.hostname).map_err(PodError::InvalidArgument)?;
+    spec.dns.validate().map_err(PodError::InvalidArgument)?;
+    for (name, value) in &spec.sysctls {
+        sysctl::validate(
+            name,
+            value,
+            ns.network == NamespaceMode::Node,
+            ns.ipc == NamespaceMode::Node,
+        )
+        .map_err(PodError::InvalidArgument)?;
+    }
+    for p in &spec.port_mappings {
+        if !matches!(p.protocol.as_str(), "tcp" | "udp" | "sctp") {
+            return bad(format!(
+                "port mapping protocol {:?} is not tcp, udp or sctp",
+                p.protocol
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn attachment(id: &str, paths: &PodPaths, spec: &PodSpec) -> Attachment {
+    Attachment {
+        container_id: id.to_string(),
+        netns: paths.namespace("net"),
+        ifname: POD_IFNAME.into(),
+        args: vec![
+            ("K8S_POD_NAMESPACE".into(), spec.namespace.clone()),
+            ("K8S_POD_NAME".into(), spec.name.clone()),
+            ("K8S_POD_INFRA_CONTAINER_ID".into(), id.to_string()),
+            ("K8S_POD_UID".into(), spec.uid.clone()),
+        ],
+        // Mappings without a host port need nothing beyond the pod IP.
+        port_mappings: spec
+            .port_mappings
+            .iter()
+            .filter(|p| p.host_port != 0)
+            .cloned()
+            .collect(),
+    }
+}
+
+fn mount_shm(path: &Path) -> Result<(), PodError> {
+    use nix::mount::{MsFlags, mount};
+    std::fs::create_dir(path).map_err(io_err(format!("creating {}", path.display())))?;
+    mount(
+        Some("shm"),
+        path,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(format!("mode=1777,size={SHM_SIZE}").as_str()),
+    )
+    .map_err(|e| io_err(format!("mounting the pod shm at {}", path.display()))(e.into()))
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), PodError> {
+    std::fs::write(path, text).map_err(io_err(format!("writing {}", path.display())))
+}
+
+/// Copies a host file, or writes an empty one if the host has none.
+fn copy_host_file(host: &str, to: &Path) -> Result<(), PodError> {
+    match std::fs::read(host) {
+        Ok(b) => std::fs::write(to, b),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::write(to, b""),
+        Err(e) => Err(e),
+    }
+    .map_err(io_err(format!("copying {host} to {}", to.display())))
+}
+
+fn host_hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default()
+}
+
+/// Whether `p` is a mounted namespace (nsfs), i.e. the pin still holds it.
+fn is_pinned(p: &Path) -> bool {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
+}
+
+fn log_failure<E: std::fmt::Display>(what: &str, r: Result<(), E>) {
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "{what} while undoing a failed pod creation");
+    }
+}
+
+/// 64 hex characters from the kernel's random pool.
+fn new_id() -> io::Result<String> {
+    let mut bytes = [0u8; 32];
+    // SAFETY: getrandom writes at most `len` bytes into our buffer.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,215 @@
+//! Creating and pinning a pod's namespaces without a pause container, the CRI-O way.
+//!
+//! A dedicated std thread (never a tokio worker: namespaces belong to the thread that
+//! unshares them) unshares the pod's network/UTS and IPC namespaces, sets the hostname,
+//! brings `lo` up and applies the sysctls while it is inside them, and pins each one by
+//! bind-mounting `/proc/thread-self/ns/<kind>` under `<pod>/ns/`. With a pod PID namespace
+//! it then unshares CLONE_NEWPID, starts the pod init (PID 1 there) and pins its PID
+//! namespace. The thread ends; the bind mounts keep the namespaces alive.
+//!
+//! The pin directory is bound onto itself and made private, so the pins never propagate
+//! into other mount namespaces.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, unshare};
+
+use super::init::{self, InitProcess};
+use super::sysctl;
+
+/// The namespace kinds a pod may pin, in the order they are created.
+pub const KINDS: [&str; 4] = ["net", "uts", "ipc", "pid"];
+
+/// What to create for a pod.
+#[derive(Debug, Clone)]
+pub struct NamespacePlan {
+    pub dir: PathBuf,
+    /// A network namespace (and with it a UTS namespace with the pod's hostname).
+    pub network: bool,
+    pub hostname: String,
+    pub ipc: bool,
+    /// Validated sysctls.
+    pub sysctls: Vec<(String, String)>,
+    /// Start a pod init in a new PID namespace, joining these `cgroup.procs` files.
+    pub pod_init: Option<Vec<PathBuf>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NamespaceError {
+    #[error("{what}: {source}")]
+    Sys {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Sysctl(String),
+}
+
+fn sys<E: Into<io::Error>>(what: impl Into<String>) -> impl FnOnce(E) -> NamespaceError {
+    let what = what.into();
+    move |e| NamespaceError::Sys {
+        what,
+        source: e.into(),
+    }
+}
+
+/// The pin file of one namespace kind.
+pub fn pin_path(dir: &Path, kind: &str) -> PathBuf {
+    dir.join(kind)
+}
+
+/// Creates and pins the namespaces of `plan`; returns the pod init if one was started.
+/// On failure whatever was pinned stays for the caller's `unpin_all` (which it must have
+/// registered before calling).
+pub fn create(plan: NamespacePlan) -> Result<Option<InitProcess>, NamespaceError> {
+    std::thread::Builder::new()
+        .name("pod-namespaces".into())
+        .spawn(move || create_on_this_thread(&plan))
+        .map_err(sys("starting the namespace thread"))?
+        .join()
+        .unwrap_or_else(|_| {
+            Err(NamespaceError::Sys {
+                what: "the namespace thread".into(),
+                source: io::Error::other("panicked"),
+            })
+        })
+}
+
+fn create_on_this_thread(plan: &NamespacePlan) -> Result<Option<InitProcess>, NamespaceError> {
+    make_private_dir(&plan.dir)?;
+    let mut flags = CloneFlags::empty();
+    if plan.network {
+        flags |= CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS;
+    }
+    if plan.ipc {
+        flags |= CloneFlags::CLONE_NEWIPC;
+    }
+    if !flags.is_empty() {
+        unshare(flags).map_err(sys("unsharing the pod namespaces"))?;
+    }
+    if plan.network {
+        if !plan.hostname.is_empty() {
+            nix::unistd::sethostname(&plan.hostname).map_err(sys("setting the hostname"))?;
+        }
+        loopback_up().map_err(sys("bringing lo up"))?;
+    }
+    for (name, value) in &plan.sysctls {
+        sysctl::apply(name, value).map_err(NamespaceError::Sysctl)?;
+    }
+    let own = [
+        ("net", plan.network),
+        ("uts", plan.network),
+        ("ipc", plan.ipc),
+    ];
+    for (kind, wanted) in own {
+        if wanted {
+            pin(
+                &format!("/proc/thread-self/ns/{kind}"),
+                &pin_path(&plan.dir, kind),
+            )?;
+        }
+    }
+    let Some(cgroup_procs) = &plan.pod_init else {
+        return Ok(None);
+    };
+    unshare(CloneFlags::CLONE_NEWPID).map_err(sys("unsharing the PID namespace"))?;
+    let init = init::spawn(cgroup_procs).map_err(sys("starting the pod init"))?;
+    if let Err(e) = pin(
+        &format!("/proc/{}/ns/pid", init.pid),
+        &pin_path(&plan.dir, "pid"),
+    ) {
+        let _ = init.terminate(std::time::Duration::from_secs(5));
+        return Err(e);
+    }
+    Ok(Some(init))
+}
+
+/// `dir`, bound onto itself and made private.
+fn make_private_dir(dir: &Path) -> Result<(), NamespaceError> {
+    std::fs::create_dir_all(dir).map_err(sys(format!("creating {}", dir.display())))?;
+    mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(sys(format!("binding {} onto itself", dir.display())))?;
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(sys(format!("making {} private", dir.display())))
+}
+
+fn pin(source: &str, target: &Path) -> Result<(), NamespaceError> {
+    std::fs::File::create(target).map_err(sys(format!("creating {}", target.display())))?;
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(sys(format!("pinning {source} at {}", target.display())))
+}
+
+/// Unmounts every pin and the private pin directory, then removes them. Idempotent.
+pub fn unpin_all(dir: &Path) -> io::Result<()> {
+    for kind in KINDS {
+        let p = pin_path(dir, kind);
+        detach(&p)?;
+        remove_file(&p)?;
+    }
+    detach(dir)?;
+    match std::fs::remove_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Unmounts `p` lazily; "not mounted" and "not there" are fine.
+pub(crate) fn detach(p: &Path) -> io::Result<()> {
+    match umount2(p, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(io::Error::new(
+            io::Error::from(e).kind(),
+            format!("unmounting {}: {e}", p.display()),
+        )),
+    }
+}
+
+fn remove_file(p: &Path) -> io::Result<()> {
+    match std::fs::remove_file(p) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Sets IFF_UP on `lo` of the calling thread's network namespace.
+fn loopback_up() -> io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: socket() returns a new fd or -1.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain data; the name fits with its NUL; the ioctls read and write
+    // only that struct.
+    unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
