@@ -1,6 +1,7 @@
 //! tracing set-up, and the tower layer that logs every RPC with its duration.
 
 use std::future::Future;
+use std::io::IsTerminal;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -32,7 +33,8 @@ pub fn init(cfg: &LogConfig) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match cfg.format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -22,12 +22,19 @@ use crate::service::CriService;
 /// Largest gRPC message either way; ListContainers on a full node is big.
 pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
 
+/// How long in-flight calls may take to finish after SIGTERM/SIGINT.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 const SOCKET_MODE: u32 = 0o660;
 const SOCKET_DIR_MODE: u32 = 0o750;
 /// Our data is nobody else's business (CVE-2024-25621: world-traversable state dirs).
 const PRIVATE_DIR_MODE: u32 = 0o700;
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    // Before the socket exists: a SIGTERM that arrives as soon as clients can connect
+    // must already find our handler.
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let socket_dir = config
         .socket
         .parent()
@@ -57,7 +64,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "berth is serving the CRI"
     );
-    let result = tonic::transport::Server::builder()
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel();
+    let stop = async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(
+            signal = name,
+            "shutting down: no new calls, finishing in-flight ones"
+        );
+        let _ = stopping_tx.send(());
+    };
+    let serving = tonic::transport::Server::builder()
         .layer(RpcLogLayer)
         .add_service(
             RuntimeServiceServer::new(service.clone())
@@ -69,8 +88,22 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_MESSAGE_SIZE),
         )
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
-        .await;
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop);
+    // A client that never closes its connection must not hold the daemon hostage.
+    let grace_expired = async {
+        if stopping_rx.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let result = tokio::select! {
+        r = serving => r,
+        _ = grace_expired => {
+            tracing::warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "in-flight calls did not finish in time; stopping anyway");
+            Ok(())
+        }
+    };
     // Remove the socket even when serving failed, so the next start finds no stale file.
     if let Err(e) = std::fs::remove_file(&socket)
         && e.kind() != ErrorKind::NotFound
@@ -137,17 +170,4 @@ async fn describe_server(socket: &Path) -> String {
         Ok(Some(who)) => who,
         _ => "a server".to_string(),
     }
-}
-
-async fn shutdown_signal() {
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!(
-        signal = name,
-        "shutting down: no new calls, finishing in-flight ones"
-    );
 }

@@ -1,0 +1,203 @@
+//! The integration-test harness: starts the real `berth serve` binary on a temporary
+//! socket, root and state dir, hands out CRI clients, runs the real crictl against it,
+//! and stops it (SIGTERM) and removes its directories when dropped.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::Channel;
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+}
+
+/// The `berth` binary cargo built for these tests.
+pub fn berth_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_berth")
+}
+
+impl Daemon {
+    /// Starts berth with an otherwise default configuration.
+    pub fn start() -> Daemon {
+        Self::start_with_config("")
+    }
+
+    /// Starts berth with `extra_toml` appended to a generated config that names the temp
+    /// socket, root and state dirs. `extra_toml` may set any other key, e.g. `[cni]` or
+    /// `[registry.hosts."..."]` tables.
+    pub fn start_with_config(extra_toml: &str) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-test-")
+            .tempdir()
+            .expect("temp dir");
+        let socket = dir.path().join("run/berth.sock");
+        let root = dir.path().join("root");
+        let state = dir.path().join("state");
+        let config_path = dir.path().join("config.toml");
+        let log_path = dir.path().join("berth.log");
+        let config = format!(
+            "socket = {socket:?}\nroot_dir = {root:?}\nstate_dir = {state:?}\n{extra_toml}\n[log]\nlevel = \"debug\"\n"
+        );
+        std::fs::write(&config_path, config).expect("write config");
+        let mut d = Daemon {
+            dir,
+            socket,
+            root,
+            state,
+            config_path,
+            log_path,
+            child: None,
+        };
+        d.spawn();
+        d
+    }
+
+    /// (Re)starts the daemon process on the same dirs and waits until it answers.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "berth is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("log file");
+        let child = Command::new(berth_bin())
+            .args(["serve", "--config"])
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("starting berth");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("berth exited with {status} before serving:\n{}", self.log());
+            }
+            if Instant::now() > deadline {
+                panic!("berth did not serve within 20 s:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the daemon with SIGTERM and waits for it; returns its exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("berth is not running");
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        wait_with_timeout(&mut child, Duration::from_secs(20))
+    }
+
+    /// Kills the daemon with SIGKILL (a crash), leaving everything it left behind.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("berth is not running");
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        let _ = child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("berth is not running").id()
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub async fn channel(&self) -> Channel {
+        cri_server::client::connect(&self.socket)
+            .await
+            .expect("connecting to berth")
+    }
+
+    pub async fn runtime(&self) -> RuntimeServiceClient<Channel> {
+        cri_server::client::runtime(self.channel().await)
+    }
+
+    pub async fn images(&self) -> ImageServiceClient<Channel> {
+        cri_server::client::images(self.channel().await)
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// Runs the real crictl against this daemon.
+    pub fn crictl(&self, args: &[&str]) -> Output {
+        let crictl = which("crictl").unwrap_or_else(|| {
+            panic!("crictl not found on PATH: run deploy/install.sh (it installs cri-tools)")
+        });
+        Command::new(crictl)
+            .arg("--runtime-endpoint")
+            .arg(self.endpoint())
+            .arg("--image-endpoint")
+            .arg(self.endpoint())
+            .args(["--timeout", "60s"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running crictl")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            wait_with_timeout(&mut child, Duration::from_secs(20));
+        }
+        if std::thread::panicking() {
+            eprintln!("---- berth log ----\n{}", self.log());
+        }
+    }
+}
+
+fn wait_with_timeout(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(s) = child.try_wait().expect("waiting for berth") {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return child.wait().expect("waiting for berth");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Finds an executable on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
