@@ -3,6 +3,8 @@
 //! Nothing here knows about gRPC or CRI types; `cri-server` translates.
 
 pub mod cni;
+pub mod container;
+pub mod monitor;
 pub mod pod;
 pub mod sealed_exe;
 pub mod undo;

@@ -1,0 +1,563 @@
+//! What happens inside the forked container process before execve. This runs in a child
+//! of the single-threaded monitor, so allocating and using std is safe here. Errors are
+//! plain messages: they cross a process boundary to the caller.
+//!
+//! Order: namespaces and cgroup, bind sources opened on the host, the rootfs overlay,
+//! pivot_root, system mounts, bind mounts, masked and read-only paths, hostname, cwd,
+//! executable lookup, rlimits, bounding set, uid/gid, capabilities, no_new_privs, seccomp.
+//! The fd sweep and execve come last, after the start gate.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, setns, unshare};
+use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+use nix::unistd::{Gid, Uid};
+
+use super::caps::{self, CapSet};
+use super::cgroup::Cgroup;
+use super::seccomp;
+use super::spec::{BindMount, ContainerSpec, Namespace, Process, Propagation};
+
+pub(crate) type SetupResult<T> = Result<T, String>;
+
+trait Context<T> {
+    fn context(self, what: impl FnOnce() -> String) -> SetupResult<T>;
+}
+
+impl<T, E: std::fmt::Display> Context<T> for Result<T, E> {
+    fn context(self, what: impl FnOnce() -> String) -> SetupResult<T> {
+        self.map_err(|e| format!("{}: {e}", what()))
+    }
+}
+
+/// A resolved execve call.
+pub(crate) struct ExecPlan {
+    path: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+}
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Common first steps of every process we place in a container.
+pub(crate) fn reset_process_state() {
+    // SAFETY: plain libc calls on the current (single-threaded) process.
+    unsafe {
+        // Rust ignores SIGPIPE and ignored signals survive execve; the workload expects default.
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        // Until execve replaces our image, nothing in the container may open our
+        // /proc/<pid>/exe or ptrace us (the CVE-2019-5736 class). execve resets this.
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        libc::umask(0o022);
+    }
+}
+
+/// Builds the container around the calling process. The PID namespace was already chosen by
+/// the monitor (it applies to children).
+pub(crate) fn setup_container(
+    spec: &ContainerSpec,
+    state_dir: &Path,
+    cgroup: Option<&Cgroup>,
+) -> SetupResult<ExecPlan> {
+    reset_process_state();
+    nix::unistd::setsid().context(|| "setsid".into())?;
+    if let Some(cg) = cgroup {
+        cg.join_self().context(|| "joining the cgroup".into())?;
+    }
+    enter_namespaces(spec)?;
+
+    let binds = open_bind_sources(spec)?;
+    let bidirectional = spec
+        .mounts
+        .iter()
+        .any(|m| m.propagation == Propagation::Bidirectional);
+    let root_propagation = if bidirectional {
+        MsFlags::MS_SHARED
+    } else {
+        MsFlags::MS_SLAVE
+    };
+    // Our mounts must not leak to the host (and the host's must keep reaching us).
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | root_propagation,
+        None::<&str>,
+    )
+    .context(|| "making / a slave mount".into())?;
+    let rootfs = state_dir.join(super::state::ROOTFS);
+    mount_overlay(spec, &rootfs)?;
+    pivot_into(&rootfs)?;
+
+    mount_system(spec, binds.shm)?;
+    for (m, fd) in spec.mounts.iter().zip(binds.volumes) {
+        attach_bind(m, &fd)?;
+    }
+    for path in &spec.masked_paths {
+        mask(path)?;
+    }
+    for path in &spec.readonly_paths {
+        make_readonly(path)?;
+    }
+    if spec.rootfs.readonly {
+        remount_readonly(Path::new("/")).context(|| "making the rootfs read-only".into())?;
+    }
+    if spec.namespaces.uts == Namespace::New
+        && let Some(h) = &spec.hostname
+    {
+        nix::unistd::sethostname(h).context(|| format!("setting hostname {h:?}"))?;
+    }
+    std::fs::create_dir_all(&spec.process.cwd)
+        .and_then(|()| std::env::set_current_dir(&spec.process.cwd))
+        .context(|| format!("changing to cwd {:?}", spec.process.cwd))?;
+    let plan = resolve(&spec.process, &[])?;
+    set_identity(&spec.process)?;
+    Ok(plan)
+}
+
+fn enter_namespaces(spec: &ContainerSpec) -> SetupResult<()> {
+    let ns = &spec.namespaces;
+    let kinds = [
+        (&ns.net, CloneFlags::CLONE_NEWNET, "net"),
+        (&ns.ipc, CloneFlags::CLONE_NEWIPC, "ipc"),
+        (&ns.uts, CloneFlags::CLONE_NEWUTS, "uts"),
+        (&ns.cgroup, CloneFlags::CLONE_NEWCGROUP, "cgroup"),
+        (&ns.mnt, CloneFlags::CLONE_NEWNS, "mnt"),
+    ];
+    let mut new = CloneFlags::empty();
+    for (choice, flag, name) in kinds {
+        match choice {
+            Namespace::New => new |= flag,
+            Namespace::Join(path) => {
+                let file =
+                    File::open(path).context(|| format!("opening {name} namespace {path:?}"))?;
+                setns(&file, flag).context(|| format!("joining {name} namespace {path:?}"))?;
+            }
+            Namespace::Host => {}
+        }
+    }
+    unshare(new).context(|| "creating namespaces".into())
+}
+
+struct BindSources {
+    shm: Option<OwnedFd>,
+    volumes: Vec<OwnedFd>,
+}
+
+/// Clones each bind source as a detached mount while host paths are still visible; they are
+/// attached after pivot_root, where destinations resolve inside the container's root (an
+/// image symlink cannot redirect a mount onto the host).
+fn open_bind_sources(spec: &ContainerSpec) -> SetupResult<BindSources> {
+    let shm = spec
+        .shm
+        .as_deref()
+        .map(|p| clone_tree(p, false))
+        .transpose()?;
+    let volumes = spec
+        .mounts
+        .iter()
+        .map(|m| clone_tree(&m.source, true))
+        .collect::<SetupResult<_>>()?;
+    Ok(BindSources { shm, volumes })
+}
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+fn clone_tree(source: &Path, recursive: bool) -> SetupResult<OwnedFd> {
+    let c = cpath(source)?;
+    let mut flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    if recursive {
+        flags |= AT_RECURSIVE;
+    }
+    // SAFETY: a valid C string; the returned fd is owned below.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(format!(
+            "bind source {source:?}: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: open_tree returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn move_tree(fd: &OwnedFd, target: &Path) -> io::Result<()> {
+    let empty = c"";
+    let c = CString::new(target.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: fd is a detached mount from open_tree; both strings are valid.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn cpath(p: &Path) -> SetupResult<CString> {
+    CString::new(p.as_os_str().as_bytes()).context(|| format!("path {p:?}"))
+}
+
+fn mount_overlay(spec: &ContainerSpec, target: &Path) -> SetupResult<()> {
+    let r = &spec.rootfs;
+    let join = |paths: &[PathBuf]| {
+        paths
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    for p in r.lower.iter().chain([&r.upper, &r.work]) {
+        let s = p.to_string_lossy();
+        if s.contains([':', ',']) {
+            return Err(format!("overlay path {p:?} contains ':' or ','"));
+        }
+    }
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        join(&r.lower),
+        r.upper.display(),
+        r.work.display()
+    );
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .context(|| format!("mounting the rootfs overlay ({options})"))
+}
+
+fn pivot_into(rootfs: &Path) -> SetupResult<()> {
+    std::env::set_current_dir(rootfs).context(|| format!("entering {rootfs:?}"))?;
+    // pivot_root(".", ".") stacks the old root on top of the new one; detaching "." then
+    // drops the old root without needing a directory for it.
+    nix::unistd::pivot_root(".", ".").context(|| "pivot_root".into())?;
+    umount2(".", MntFlags::MNT_DETACH).context(|| "detaching the old root".into())?;
+    std::env::set_current_dir("/").context(|| "chdir /".into())
+}
+
+fn mount_at(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> SetupResult<()> {
+    std::fs::create_dir_all(target).context(|| format!("creating {target}"))?;
+    mount(Some(source), target, Some(fstype), flags, data)
+        .context(|| format!("mounting {fstype} on {target}"))
+}
+
+fn mount_system(spec: &ContainerSpec, shm: Option<OwnedFd>) -> SetupResult<()> {
+    let secure = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount_at("proc", "/proc", "proc", secure, None)?;
+    mount_at("sysfs", "/sys", "sysfs", secure | MsFlags::MS_RDONLY, None)?;
+    mount_at(
+        "tmpfs",
+        "/dev",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        let path = format!("/dev/{name}");
+        mknod(
+            path.as_str(),
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(major, minor),
+        )
+        .context(|| format!("creating {path}"))?;
+        // mknod is subject to the umask.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
+            .context(|| format!("chmod {path}"))?;
+    }
+    for (link, target) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+        ("/dev/ptmx", "pts/ptmx"),
+        ("/dev/core", "/proc/kcore"),
+    ] {
+        std::os::unix::fs::symlink(target, link).context(|| format!("symlink {link}"))?;
+    }
+    mount_at(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )?;
+    match shm {
+        Some(fd) => {
+            std::fs::create_dir_all("/dev/shm").context(|| "creating /dev/shm".into())?;
+            move_tree(&fd, Path::new("/dev/shm"))
+                .context(|| "binding the pod's /dev/shm".into())?;
+        }
+        None => mount_at(
+            "shm",
+            "/dev/shm",
+            "tmpfs",
+            secure,
+            Some("mode=1777,size=65536k"),
+        )?,
+    }
+    mount_at("mqueue", "/dev/mqueue", "mqueue", secure, None)?;
+    let _ = spec;
+    Ok(())
+}
+
+fn attach_bind(m: &BindMount, fd: &OwnedFd) -> SetupResult<()> {
+    let dest = &m.destination;
+    let source_is_dir = std::fs::metadata(&m.source).map(|md| md.is_dir());
+    // The source was opened before pivot_root; its type comes from the clone itself.
+    let is_dir = source_is_dir.unwrap_or_else(|_| fd_is_dir(fd));
+    if is_dir {
+        std::fs::create_dir_all(dest).context(|| format!("creating mount point {dest:?}"))?;
+    } else {
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).context(|| format!("creating {parent:?}"))?;
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(dest)
+            .context(|| format!("creating mount point {dest:?}"))?;
+    }
+    move_tree(fd, dest).context(|| format!("bind mount {:?} on {dest:?}", m.source))?;
+    if m.readonly {
+        remount_readonly(dest).context(|| format!("making {dest:?} read-only"))?;
+    }
+    let propagation = match m.propagation {
+        Propagation::Private => MsFlags::MS_PRIVATE,
+        Propagation::HostToContainer => MsFlags::MS_SLAVE,
+        Propagation::Bidirectional => MsFlags::MS_SHARED,
+    };
+    mount(
+        None::<&str>,
+        dest,
+        None::<&str>,
+        MsFlags::MS_REC | propagation,
+        None::<&str>,
+    )
+    .context(|| format!("setting propagation of {dest:?}"))
+}
+
+fn fd_is_dir(fd: &OwnedFd) -> bool {
+    // SAFETY: fstat on a valid fd into a zeroed struct.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(fd.as_raw_fd(), &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+    }
+}
+
+/// Keeps the flags the kernel locks on a mount (nosuid/nodev/noexec) when adding ro.
+fn remount_readonly(path: &Path) -> nix::Result<()> {
+    let current = nix::sys::statvfs::statvfs(path)?.flags();
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    use nix::sys::statvfs::FsFlags;
+    for (fs, ms) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+    ] {
+        if current.contains(fs) {
+            flags |= ms;
+        }
+    }
+    mount(None::<&str>, path, None::<&str>, flags, None::<&str>)
+}
+
+fn mask(path: &Path) -> SetupResult<()> {
+    let md = match std::fs::metadata(path) {
+        Ok(md) => md,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("masking {path:?}: {e}")),
+    };
+    if md.is_dir() {
+        mount(
+            Some("tmpfs"),
+            path,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY,
+            Some("size=0"),
+        )
+    } else {
+        mount(
+            Some("/dev/null"),
+            path,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+    }
+    .context(|| format!("masking {path:?}"))
+}
+
+fn make_readonly(path: &Path) -> SetupResult<()> {
+    match mount(
+        Some(path),
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    ) {
+        Err(nix::Error::ENOENT) => return Ok(()),
+        r => r.context(|| format!("binding {path:?}"))?,
+    }
+    remount_readonly(path).context(|| format!("making {path:?} read-only"))
+}
+
+/// Finds `args[0]` like execvp would, in the container's root, and builds the execve call.
+/// `extra_env` entries override the process env (exec_sync).
+pub(crate) fn resolve(process: &Process, extra_env: &[String]) -> SetupResult<ExecPlan> {
+    let argv0 = process.args.first().ok_or("process args are empty")?;
+    let mut env: Vec<String> = process.env.clone();
+    for e in extra_env {
+        let name = e.split('=').next().unwrap_or_default();
+        env.retain(|old| old.split('=').next() != Some(name));
+        env.push(e.clone());
+    }
+    let path = if argv0.contains('/') {
+        std::fs::metadata(argv0).map_err(|e| format!("exec: {argv0:?}: stat {argv0}: {e}"))?;
+        PathBuf::from(argv0)
+    } else {
+        let search = env
+            .iter()
+            .rev()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or(DEFAULT_PATH);
+        search
+            .split(':')
+            .map(|dir| Path::new(if dir.is_empty() { "." } else { dir }).join(argv0))
+            .find(|candidate| is_executable(candidate))
+            .ok_or_else(|| format!("exec: {argv0:?}: executable file not found in $PATH"))?
+    };
+    let cstrings = |v: &[String]| -> SetupResult<Vec<CString>> {
+        v.iter()
+            .map(|s| CString::new(s.as_bytes()).context(|| format!("{s:?}")))
+            .collect()
+    };
+    Ok(ExecPlan {
+        path: cpath(&path)?,
+        argv: cstrings(&process.args)?,
+        envp: cstrings(&env)?,
+    })
+}
+
+fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|md| md.is_file() && md.permissions().mode() & 0o111 != 0)
+}
+
+/// rlimits, oom_score_adj, bounding set, groups, uid/gid, capabilities, no_new_privs and
+/// seccomp, in the order that keeps each step permitted.
+pub(crate) fn set_identity(p: &Process) -> SetupResult<()> {
+    for r in &p.rlimits {
+        let limit = libc::rlimit {
+            rlim_cur: r.soft,
+            rlim_max: r.hard,
+        };
+        // SAFETY: setrlimit with a valid struct.
+        if unsafe { libc::setrlimit(r.resource as _, &limit) } != 0 {
+            return Err(format!(
+                "setrlimit {}: {}",
+                r.resource,
+                io::Error::last_os_error()
+            ));
+        }
+    }
+    if let Some(adj) = p.oom_score_adj {
+        match std::fs::write("/proc/self/oom_score_adj", adj.to_string()) {
+            Ok(()) => {}
+            // Lowering the score needs CAP_SYS_RESOURCE, which some hosts withhold from root.
+            Err(e) if adj < 0 && matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => {}
+            Err(e) => return Err(format!("setting oom_score_adj {adj}: {e}")),
+        }
+    }
+    let caps = CapSet::from_names(&p.capabilities).map_err(|e| e.to_string())?;
+    let filter = if p.seccomp_default {
+        Some(seccomp::compile_default(caps).map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
+    caps::drop_bounding(caps).context(|| "dropping capabilities from the bounding set".into())?;
+    // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN, so it goes first; the
+    // profile allows the remaining setup calls.
+    if !p.no_new_privs
+        && let Some(f) = &filter
+    {
+        seccomp::load(f).map_err(|e| e.to_string())?;
+    }
+    let groups: Vec<Gid> = p
+        .additional_gids
+        .iter()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
+    nix::unistd::setgroups(&groups).context(|| "setgroups".into())?;
+    nix::unistd::setgid(Gid::from_raw(p.gid)).context(|| format!("setgid {}", p.gid))?;
+    nix::unistd::setuid(Uid::from_raw(p.uid)).context(|| format!("setuid {}", p.uid))?;
+    caps::apply(caps).context(|| "setting capabilities".into())?;
+    if p.no_new_privs {
+        // SAFETY: plain prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(format!("no_new_privs: {}", io::Error::last_os_error()));
+        }
+        if let Some(f) = &filter {
+            seccomp::load(f).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// Marks every fd but stdio close-on-exec (CVE-2024-21626) and replaces the process image.
+/// Returns only on failure.
+pub(crate) fn exec(plan: &ExecPlan) -> io::Error {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range only changes fd flags; arguments are plain integers.
+    if unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) } != 0 {
+        return io::Error::last_os_error();
+    }
+    let mut argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = plan.envp.iter().map(|a| a.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    // SAFETY: null-terminated arrays of valid C strings that outlive the call.
+    unsafe { libc::execve(plan.path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+impl ExecPlan {
+    pub(crate) fn describe(&self) -> String {
+        self.path.to_string_lossy().into_owned()
+    }
+}

@@ -1,0 +1,212 @@
+//! ExecSync: run a command in a running container, collect its output (capped at 16 MiB,
+//! CVE-2022-31030) and exit code, and kill it when the timeout passes.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use super::{ContainerError, ExecRequest, MonitorCommand, io_ctx};
+use crate::monitor::pidfd_open;
+
+/// containerd's and CRI-O's cap on ExecSync output per stream.
+pub const MAX_EXEC_OUTPUT: usize = 16 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// Runs `request` in the container of state dir `dir` and waits at most `timeout` (None:
+/// no limit). Blocking: the daemon calls it from a blocking task.
+pub fn exec_sync(
+    monitor: &MonitorCommand,
+    dir: &Path,
+    request: &ExecRequest,
+    timeout: Option<Duration>,
+) -> Result<ExecOutput, ContainerError> {
+    let json = serde_json::to_string(request).map_err(|e| ContainerError::Exec(e.to_string()))?;
+    let (status_r, status_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_ctx("pipe")(e.into()))?;
+    let status_raw = status_w.as_raw_fd();
+    let mut cmd = monitor.command();
+    cmd.arg("exec")
+        .arg(dir)
+        .arg(json)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: dup2 is async-signal-safe; it runs in the forked child before execve and
+    // places the status pipe on fd 3 without close-on-exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(status_raw, crate::monitor::STATUS_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut helper = cmd.spawn().map_err(io_ctx("starting the exec helper"))?;
+    drop(status_w);
+    let helper_fd = pidfd_open(helper.id() as i32).map_err(io_ctx("pidfd_open"))?;
+    let mut streams = [
+        Some(Capped::new(
+            helper.stdout.take().map(|p| File::from(OwnedFd::from(p))),
+        )),
+        Some(Capped::new(
+            helper.stderr.take().map(|p| File::from(OwnedFd::from(p))),
+        )),
+        Some(Capped::new(Some(File::from(status_r)))),
+    ];
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut timed_out = false;
+    let mut helper_done = false;
+    while !helper_done {
+        let wait_ms = match deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    timed_out = true;
+                    break;
+                }
+                left.as_millis().min(i32::MAX as u128) as i32 + 1
+            }
+            None => -1,
+        };
+        helper_done = poll_once(&mut streams, &helper_fd, wait_ms);
+    }
+    if timed_out {
+        // Kill the exec'd process itself, then the helper (whose death also kills it
+        // through the parent-death signal, should the pid be unknown yet).
+        let status = streams[2]
+            .as_mut()
+            .map(|s| s.take_text())
+            .unwrap_or_default();
+        if let Some(pid) = parse_status(&status, "pid") {
+            // SAFETY: SIGKILL to the pid our helper reported for its direct child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let _ = helper.kill();
+        let _ = helper.wait();
+        return Err(ContainerError::ExecTimeout(timeout.unwrap_or_default()));
+    }
+    let _ = helper.wait();
+    // The process is gone; take what its pipes still hold without waiting on processes it
+    // left behind.
+    for s in streams.iter_mut().flatten() {
+        s.drain_nonblocking();
+    }
+    let [out, err, status] = streams.map(|s| s.map(Capped::into_bytes).unwrap_or_default());
+    let status = String::from_utf8_lossy(&status);
+    if let Some(msg) = status.lines().find_map(|l| l.strip_prefix("error ")) {
+        return Err(ContainerError::Exec(msg.to_owned()));
+    }
+    let exit_code = parse_status(&status, "exit").ok_or_else(|| {
+        ContainerError::Exec(format!("the exec helper reported nothing ({status:?})"))
+    })?;
+    Ok(ExecOutput {
+        exit_code,
+        stdout: out,
+        stderr: err,
+    })
+}
+
+fn parse_status(status: &str, key: &str) -> Option<i32> {
+    status
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+}
+
+/// Polls the open streams and the helper; returns true once the helper exited.
+fn poll_once(streams: &mut [Option<Capped>; 3], helper: &OwnedFd, wait_ms: i32) -> bool {
+    let mut fds = vec![libc::pollfd {
+        fd: helper.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    for s in streams.iter().flatten() {
+        if let Some(f) = &s.file {
+            fds.push(libc::pollfd {
+                fd: f.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+    }
+    // SAFETY: fds is a valid pollfd array for the duration of the call.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait_ms) };
+    if n <= 0 {
+        return false;
+    }
+    for s in streams.iter_mut().flatten() {
+        let Some(fd) = s.file.as_ref().map(|f| f.as_raw_fd()) else {
+            continue;
+        };
+        if fds.iter().any(|p| p.fd == fd && p.revents != 0) {
+            s.read_some();
+        }
+    }
+    fds[0].revents != 0
+}
+
+/// A pipe read into memory up to `MAX_EXEC_OUTPUT`; the rest is read and dropped so the
+/// writer never blocks.
+struct Capped {
+    file: Option<File>,
+    bytes: Vec<u8>,
+}
+
+impl Capped {
+    fn new(file: Option<File>) -> Self {
+        Self {
+            file,
+            bytes: Vec::new(),
+        }
+    }
+
+    fn read_some(&mut self) -> bool {
+        let Some(f) = &mut self.file else {
+            return false;
+        };
+        let mut buf = [0u8; 64 * 1024];
+        match f.read(&mut buf) {
+            Ok(0) => {
+                self.file = None;
+                false
+            }
+            Ok(n) => {
+                let room = MAX_EXEC_OUTPUT.saturating_sub(self.bytes.len());
+                self.bytes.extend_from_slice(&buf[..n.min(room)]);
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+            Err(_) => false,
+        }
+    }
+
+    fn drain_nonblocking(&mut self) {
+        if let Some(f) = &self.file {
+            // SAFETY: fcntl on a valid fd.
+            unsafe {
+                let fl = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+                libc::fcntl(f.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+            }
+        }
+        while self.read_some() {}
+    }
+
+    fn take_text(&mut self) -> String {
+        self.drain_nonblocking();
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+
+    fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+}

@@ -1,0 +1,399 @@
+//! Native containers: the domain API the daemon calls (create, start, signal, state,
+//! remove, reopen the log, exec_sync). Each container has a state directory holding its
+//! spec and the records written by its monitor (see `state`); the monitor process (see
+//! `crate::monitor`) is what actually forks and supervises the container process.
+//!
+//! Lifecycle, derived from the records rather than stored:
+//!
+//! ```text
+//!   create ──► Created ──start──► Running ──exit──► Exited
+//!                 └────────────kill/exit───────────────┘
+//! ```
+
+pub mod caps;
+pub mod cgroup;
+pub(crate) mod child;
+mod exec_sync;
+pub mod seccomp;
+pub mod spec;
+pub mod state;
+
+use std::ffi::OsString;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use crate::monitor::ExecRequest;
+use crate::monitor::{REQ_REOPEN, REQ_START};
+use crate::undo::Undo;
+use cgroup::{Cgroup, CgroupError, Hierarchy};
+pub use exec_sync::{ExecOutput, MAX_EXEC_OUTPUT, exec_sync};
+pub use spec::{ContainerSpec, SpecError};
+use state::{ExitRecord, ProcessId, StartRecord};
+
+/// How to start a monitor: a program plus the leading arguments that select the monitor
+/// mode, e.g. berth's sealed copy with `__monitor`.
+#[derive(Debug, Clone)]
+pub struct MonitorCommand {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+}
+
+impl MonitorCommand {
+    /// `berth __monitor` from the daemon's sealed in-memory copy of itself, so no process
+    /// in a container can reach the daemon's binary on disk (CVE-2019-5736).
+    pub fn sealed_berth() -> io::Result<Self> {
+        let exe = crate::sealed_exe::shared()?;
+        Ok(Self {
+            program: format!("/proc/self/fd/{}", exe.raw_fd()).into(),
+            args: vec!["__monitor".into()],
+        })
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args);
+        cmd
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedContainer {
+    /// Host PID of the container process (blocked before execve until `start`).
+    pub pid: i32,
+    pub created_at_ns: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerState {
+    Created { pid: i32 },
+    Running { pid: i32, started_at_ns: i64 },
+    Exited(ExitRecord),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("invalid container spec: {0}")]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+    #[error("creating the container failed: {0}")]
+    Create(String),
+    #[error("starting the container failed: {0}")]
+    Start(String),
+    #[error("the container monitor: {0}")]
+    Monitor(String),
+    #[error("the container is not running")]
+    NotRunning,
+    #[error("container state directory {0:?} does not exist")]
+    NotFound(PathBuf),
+    #[error("the command timed out after {0:?} and was killed")]
+    ExecTimeout(Duration),
+    #[error("exec failed: {0}")]
+    Exec(String),
+}
+
+fn io_ctx(what: impl Into<String>) -> impl FnOnce(io::Error) -> ContainerError {
+    let what = what.into();
+    move |source| ContainerError::Io { what, source }
+}
+
+/// Creates the container: state dir, writable layer dirs, cgroup, and (through a new
+/// monitor) the container process, set up and waiting before execve. On failure everything
+/// made so far is removed again, in reverse order.
+pub fn create(
+    monitor: &MonitorCommand,
+    spec: &ContainerSpec,
+    dir: &Path,
+) -> Result<CreatedContainer, ContainerError> {
+    spec.validate()?;
+    let mut undo = Undo::new();
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_ctx(format!("creating state directory {dir:?}")))?;
+    let owned = dir.to_owned();
+    undo.push("state dir", move || {
+        let _ = std::fs::remove_dir_all(owned);
+    });
+    std::fs::create_dir(dir.join(state::ROOTFS))
+        .map_err(io_ctx("creating the rootfs mount point"))?;
+    for layer_dir in [&spec.rootfs.upper, &spec.rootfs.work] {
+        if !layer_dir.exists() {
+            std::fs::create_dir_all(layer_dir)
+                .map_err(io_ctx(format!("creating {layer_dir:?}")))?;
+            let owned = layer_dir.clone();
+            undo.push("layer dir", move || {
+                let _ = std::fs::remove_dir_all(owned);
+            });
+        }
+    }
+    state::write_json(dir, state::CONFIG, spec).map_err(io_ctx("writing config.json"))?;
+    if let Some(cg) = &spec.cgroup {
+        let cgroup = Cgroup::at(&Hierarchy::detect(), &cg.path);
+        let made = cgroup.clone();
+        undo.push("cgroup", move || {
+            let _ = made.remove();
+        });
+        cgroup.create(&cg.resources)?;
+    }
+    let pid = spawn_monitor(monitor, dir)?;
+    undo.commit();
+    Ok(CreatedContainer {
+        pid,
+        created_at_ns: state::now_ns(),
+    })
+}
+
+/// Runs `<monitor> create <dir>` and reads its handshake: `ok <pid>` or `err <message>`.
+fn spawn_monitor(monitor: &MonitorCommand, dir: &Path) -> Result<i32, ContainerError> {
+    let mut child = monitor
+        .command()
+        .arg("create")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io_ctx(format!(
+            "starting the monitor {:?}",
+            monitor.program
+        )))?;
+    let mut out = String::new();
+    let mut err = String::new();
+    // EOF arrives when the detached monitor has answered and let go of the pipes.
+    if let Some(mut stdout) = child.stdout.take() {
+        let _ = stdout.read_to_string(&mut out);
+    }
+    if let Some(mut stderr) = child.stderr.take() {
+        let _ = stderr.read_to_string(&mut err);
+    }
+    let _ = child.wait();
+    let line = out.lines().next().unwrap_or_default();
+    if let Some(pid) = line.strip_prefix("ok ") {
+        return pid
+            .trim()
+            .parse()
+            .map_err(|_| ContainerError::Monitor(format!("bad handshake {line:?}")));
+    }
+    if let Some(msg) = line.strip_prefix("err ") {
+        return Err(ContainerError::Create(msg.to_owned()));
+    }
+    Err(ContainerError::Monitor(format!(
+        "no handshake (stdout {out:?}, stderr {:?})",
+        err.trim()
+    )))
+}
+
+/// One request on the monitor's control socket.
+fn control(dir: &Path, request: &str) -> Result<Result<(), String>, ContainerError> {
+    let path = dir.join(state::CONTROL);
+    let mut conn = match connect(&path) {
+        Ok(c) => c,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Err(ContainerError::NotRunning);
+        }
+        Err(e) => return Err(io_ctx(format!("connecting to {path:?}"))(e)),
+    };
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(io_ctx("control socket"))?;
+    conn.write_all(format!("{request}\n").as_bytes())
+        .map_err(io_ctx("sending to the monitor"))?;
+    let mut reply = String::new();
+    BufReader::new(conn)
+        .read_line(&mut reply)
+        .map_err(io_ctx("reading the monitor's reply"))?;
+    let reply = reply.trim_end();
+    match reply {
+        "ok" => Ok(Ok(())),
+        _ => match reply.strip_prefix("err ") {
+            Some(msg) => Ok(Err(msg.to_owned())),
+            None => Err(ContainerError::Monitor(format!(
+                "unexpected reply {reply:?}"
+            ))),
+        },
+    }
+}
+
+/// Unix socket paths are limited to 108 bytes; longer ones go through the directory's fd.
+fn connect(path: &Path) -> io::Result<UnixStream> {
+    if path.as_os_str().len() < 100 {
+        return UnixStream::connect(path);
+    }
+    let parent = std::fs::File::open(path.parent().unwrap_or(Path::new("/")))?;
+    let name = path.file_name().unwrap_or_default();
+    use std::os::fd::AsRawFd;
+    UnixStream::connect(Path::new(&format!("/proc/self/fd/{}", parent.as_raw_fd())).join(name))
+}
+
+/// Lets the created container process execve its entrypoint.
+pub fn start(dir: &Path) -> Result<(), ContainerError> {
+    control(dir, REQ_START)?.map_err(ContainerError::Start)
+}
+
+/// Asks the monitor to continue the log in a new file at the original path (after the
+/// kubelet renamed the old one). Fails when the container is not running.
+pub fn reopen_log(dir: &Path) -> Result<(), ContainerError> {
+    control(dir, REQ_REOPEN)?.map_err(ContainerError::Monitor)
+}
+
+/// Sends `signal` to the container process. Errors with `NotRunning` once it exited.
+pub fn signal(dir: &Path, signal: i32) -> Result<(), ContainerError> {
+    let Some(target) =
+        state::read_json::<ProcessId>(dir, state::PID).map_err(io_ctx("reading pid.json"))?
+    else {
+        return Err(ContainerError::NotRunning);
+    };
+    if state::read_json::<ExitRecord>(dir, state::EXIT)
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        return Err(ContainerError::NotRunning);
+    }
+    // The pidfd pins the process; checking the start time after opening it rules out a
+    // recycled pid.
+    let pidfd = match crate::monitor::pidfd_open(target.pid) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Err(ContainerError::NotRunning),
+        Err(e) => return Err(io_ctx("pidfd_open")(e)),
+    };
+    if !target.is_alive() {
+        return Err(ContainerError::NotRunning);
+    }
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall on a pidfd we own.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            return Err(ContainerError::NotRunning);
+        }
+        return Err(io_ctx(format!("sending signal {signal}"))(e));
+    }
+    Ok(())
+}
+
+/// The container's state, from its records and /proc.
+pub fn state(dir: &Path) -> Result<ContainerState, ContainerError> {
+    if !dir.exists() {
+        return Err(ContainerError::NotFound(dir.to_owned()));
+    }
+    if let Some(exit) = read_exit(dir)? {
+        return Ok(ContainerState::Exited(exit));
+    }
+    let target =
+        state::read_json::<ProcessId>(dir, state::PID).map_err(io_ctx("reading pid.json"))?;
+    if let Some(target) = target
+        && target.is_alive()
+    {
+        let started = state::read_json::<StartRecord>(dir, state::STARTED)
+            .map_err(io_ctx("reading started.json"))?;
+        return Ok(match started {
+            Some(s) => ContainerState::Running {
+                pid: target.pid,
+                started_at_ns: s.started_at_ns,
+            },
+            None => ContainerState::Created { pid: target.pid },
+        });
+    }
+    // The process is gone: its monitor is draining output and about to write the record.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while monitor_alive(dir) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        if let Some(exit) = read_exit(dir)? {
+            return Ok(ContainerState::Exited(exit));
+        }
+    }
+    if let Some(exit) = read_exit(dir)? {
+        return Ok(ContainerState::Exited(exit));
+    }
+    Ok(ContainerState::Exited(ExitRecord {
+        exit_code: 255,
+        signal: None,
+        finished_at_ns: state::now_ns(),
+        oom_killed: false,
+        message: Some("the container's monitor ended without recording its exit".into()),
+    }))
+}
+
+fn read_exit(dir: &Path) -> Result<Option<ExitRecord>, ContainerError> {
+    state::read_json(dir, state::EXIT).map_err(io_ctx("reading exit.json"))
+}
+
+fn monitor_alive(dir: &Path) -> bool {
+    state::read_json::<ProcessId>(dir, state::MONITOR)
+        .ok()
+        .flatten()
+        .is_some_and(|m| m.is_alive())
+}
+
+/// Waits until the container has exited and its exit is recorded (or `timeout` passes).
+pub fn wait(dir: &Path, timeout: Duration) -> Result<ContainerState, ContainerError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = state(dir)?;
+        if matches!(s, ContainerState::Exited(_)) || Instant::now() >= deadline {
+            return Ok(s);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Kills the container if needed and removes its cgroup, writable layer and state dir.
+/// Idempotent: removing a removed container is fine.
+pub fn remove(dir: &Path) -> Result<(), ContainerError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let spec: Option<ContainerSpec> =
+        state::read_json(dir, state::CONFIG).map_err(io_ctx("reading config.json"))?;
+    match signal(dir, libc::SIGKILL) {
+        Ok(()) | Err(ContainerError::NotRunning) => {}
+        Err(e) => return Err(e),
+    }
+    let _ = wait(dir, Duration::from_secs(10))?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while monitor_alive(dir) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if let Some(spec) = &spec {
+        if let Some(cg) = &spec.cgroup {
+            let cgroup = Cgroup::at(&Hierarchy::detect(), &cg.path);
+            // Stragglers (e.g. children left in a shared PID namespace) go with it.
+            cgroup.kill_all();
+            cgroup.remove()?;
+        }
+        for layer_dir in [&spec.rootfs.upper, &spec.rootfs.work] {
+            remove_dir_if_exists(layer_dir)?;
+        }
+    }
+    remove_dir_if_exists(dir)
+}
+
+fn remove_dir_if_exists(dir: &Path) -> Result<(), ContainerError> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(io_ctx(format!("removing {dir:?}"))(e))
+        }
+        _ => Ok(()),
+    }
+}

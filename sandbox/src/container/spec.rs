@@ -1,0 +1,383 @@
+//! What a native container is, in domain terms: the rootfs layers, the process, its
+//! namespaces, mounts and limits. `cri-server` translates CRI requests into this; the
+//! monitor reads it back from `config.json` in the container's state directory.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::caps::CapSet;
+use super::cgroup::Resources;
+
+/// Everything needed to create one container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub rootfs: Rootfs,
+    pub process: Process,
+    pub namespaces: Namespaces,
+    /// Set when the container has its own UTS namespace.
+    pub hostname: Option<String>,
+    /// Host file or directory bind-mounted at `/dev/shm` (the pod's shm); a private 64 MiB
+    /// tmpfs when unset.
+    pub shm: Option<PathBuf>,
+    /// Bind mounts (resolv.conf, hosts, volumes), applied in order after the system mounts.
+    pub mounts: Vec<BindMount>,
+    /// Paths hidden from the container: `/dev/null` over files, a read-only tmpfs over dirs.
+    pub masked_paths: Vec<PathBuf>,
+    /// Paths remounted read-only inside the container.
+    pub readonly_paths: Vec<PathBuf>,
+    /// Cgroup to create and join, relative to each hierarchy's root (ends in the container
+    /// id so cAdvisor can match it).
+    pub cgroup: Option<CgroupSpec>,
+    /// Path of the CRI log file the monitor writes.
+    pub log_path: PathBuf,
+}
+
+/// An overlay of read-only image layers under a per-container writable layer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rootfs {
+    /// Layer directories, topmost first (overlayfs `lowerdir=` order).
+    pub lower: Vec<PathBuf>,
+    /// Writable layer and overlayfs work dir; created if missing, removed with the container.
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub readonly: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Process {
+    /// argv; `args[0]` is looked up in the container's `PATH` unless it contains a `/`.
+    pub args: Vec<String>,
+    /// `NAME=value` entries.
+    pub env: Vec<String>,
+    pub cwd: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub rlimits: Vec<Rlimit>,
+    pub no_new_privs: bool,
+    /// Capability names without the `CAP_` prefix (as the CRI sends them).
+    pub capabilities: Vec<String>,
+    pub oom_score_adj: Option<i32>,
+    /// Apply berth's RuntimeDefault seccomp profile.
+    pub seccomp_default: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Rlimit {
+    /// `RLIMIT_*` resource number, e.g. `libc::RLIMIT_NOFILE`.
+    pub resource: u32,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// For each namespace kind: make a new one, join an existing one (e.g. the pod's pinned
+/// `<state>/pods/<id>/ns/net`), or stay in the host's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Namespace {
+    New,
+    Join(PathBuf),
+    Host,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Namespaces {
+    pub net: Namespace,
+    pub ipc: Namespace,
+    pub uts: Namespace,
+    pub pid: Namespace,
+    /// Always `New`: the rootfs is mounted inside it, so it disappears with the container.
+    pub mnt: Namespace,
+    pub cgroup: Namespace,
+}
+
+impl Default for Namespaces {
+    fn default() -> Self {
+        Self {
+            net: Namespace::New,
+            ipc: Namespace::New,
+            uts: Namespace::New,
+            pid: Namespace::New,
+            mnt: Namespace::New,
+            cgroup: Namespace::New,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Propagation {
+    Private,
+    /// Host → container (`rslave`).
+    HostToContainer,
+    /// Both ways (`rshared`).
+    Bidirectional,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BindMount {
+    /// Host path; a symlink is resolved on the host.
+    pub source: PathBuf,
+    /// Absolute path inside the container; resolved inside the container's root.
+    pub destination: PathBuf,
+    pub readonly: bool,
+    pub propagation: Propagation,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CgroupSpec {
+    /// Relative to each hierarchy root, e.g. `kubepods/pod<uid>/<container id>`.
+    pub path: PathBuf,
+    pub resources: Resources,
+}
+
+/// containerd's default masked paths (`pkg/oci/spec.go`).
+pub const DEFAULT_MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// containerd's default read-only paths.
+pub const DEFAULT_READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Why a spec cannot be run.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("process args are empty")]
+    NoArgs,
+    #[error("env entry {0:?} is not NAME=value")]
+    EnvNotKeyValue(String),
+    #[error("env entry {0:?} contains a newline or NUL byte")]
+    EnvControlChar(String),
+    #[error("{what} {value} is out of range (must be below 2^31)")]
+    IdOutOfRange { what: &'static str, value: u32 },
+    #[error("unknown capability {0:?}")]
+    UnknownCapability(String),
+    #[error("{what} path {path:?} must be absolute")]
+    NotAbsolute { what: &'static str, path: PathBuf },
+    #[error("{what} path {path:?} must not contain '..'")]
+    DotDot { what: &'static str, path: PathBuf },
+    #[error("the mount namespace must be New")]
+    MountNamespaceNotNew,
+    #[error("the rootfs has no layers")]
+    NoLayers,
+    #[error("argument {0:?} contains a NUL byte")]
+    ArgNul(String),
+    #[error("hostname {0:?} is invalid")]
+    BadHostname(String),
+    #[error("rlimit {resource}: soft limit {soft} exceeds hard limit {hard}")]
+    RlimitSoftAboveHard { resource: u32, soft: u64, hard: u64 },
+}
+
+impl ContainerSpec {
+    /// Checks everything that can be checked without touching the system.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let p = &self.process;
+        if p.args.is_empty() {
+            return Err(SpecError::NoArgs);
+        }
+        if let Some(a) = p.args.iter().find(|a| a.contains('\0')) {
+            return Err(SpecError::ArgNul(a.clone()));
+        }
+        for e in &p.env {
+            validate_env(e)?;
+        }
+        // UIDs above i32::MAX wrap to negative numbers in tools that parse them as int32
+        // (CVE-2024-40635: a wrapped uid can become 0).
+        check_id("uid", p.uid)?;
+        check_id("gid", p.gid)?;
+        for g in &p.additional_gids {
+            check_id("additional gid", *g)?;
+        }
+        CapSet::from_names(&p.capabilities)?;
+        for r in &p.rlimits {
+            if r.soft > r.hard {
+                return Err(SpecError::RlimitSoftAboveHard {
+                    resource: r.resource,
+                    soft: r.soft,
+                    hard: r.hard,
+                });
+            }
+        }
+        container_path("cwd", &p.cwd)?;
+        if self.namespaces.mnt != Namespace::New {
+            return Err(SpecError::MountNamespaceNotNew);
+        }
+        if self.rootfs.lower.is_empty() {
+            return Err(SpecError::NoLayers);
+        }
+        if let Some(h) = &self.hostname
+            && (h.is_empty() || h.len() > 64 || h.contains(['\0', '\n', '/']))
+        {
+            return Err(SpecError::BadHostname(h.clone()));
+        }
+        for m in &self.mounts {
+            host_path("mount source", &m.source)?;
+            container_path("mount destination", &m.destination)?;
+        }
+        for path in self.masked_paths.iter().chain(&self.readonly_paths) {
+            container_path("masked or read-only", path)?;
+        }
+        host_path("log", &self.log_path)?;
+        Ok(())
+    }
+}
+
+/// Rejects control characters: a newline in e.g. `HOME` ends up as an extra line in
+/// `/etc/passwd`-style files inside the container (CVE-2022-4318).
+fn validate_env(entry: &str) -> Result<(), SpecError> {
+    if entry.contains(['\n', '\r', '\0']) {
+        return Err(SpecError::EnvControlChar(entry.to_owned()));
+    }
+    match entry.split_once('=') {
+        Some((name, _)) if !name.is_empty() => Ok(()),
+        _ => Err(SpecError::EnvNotKeyValue(entry.to_owned())),
+    }
+}
+
+fn check_id(what: &'static str, value: u32) -> Result<(), SpecError> {
+    if value > i32::MAX as u32 {
+        return Err(SpecError::IdOutOfRange { what, value });
+    }
+    Ok(())
+}
+
+fn host_path(what: &'static str, path: &Path) -> Result<(), SpecError> {
+    if !path.is_absolute() {
+        return Err(SpecError::NotAbsolute {
+            what,
+            path: path.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn container_path(what: &'static str, path: &Path) -> Result<(), SpecError> {
+    host_path(what, path)?;
+    if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(SpecError::DotDot {
+            what,
+            path: path.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn minimal() -> ContainerSpec {
+        ContainerSpec {
+            rootfs: Rootfs {
+                lower: vec!["/layers/a".into()],
+                upper: "/c/upper".into(),
+                work: "/c/work".into(),
+                readonly: false,
+            },
+            process: Process {
+                args: vec!["sh".into()],
+                env: vec!["PATH=/bin".into()],
+                cwd: "/".into(),
+                uid: 0,
+                gid: 0,
+                additional_gids: vec![],
+                rlimits: vec![],
+                no_new_privs: true,
+                capabilities: vec!["CHOWN".into()],
+                oom_score_adj: None,
+                seccomp_default: false,
+            },
+            namespaces: Namespaces::default(),
+            hostname: None,
+            shm: None,
+            mounts: vec![],
+            masked_paths: vec![],
+            readonly_paths: vec![],
+            cgroup: None,
+            log_path: "/logs/0.log".into(),
+        }
+    }
+
+    #[test]
+    fn a_minimal_spec_is_valid() {
+        minimal().validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_newline_in_any_env_value_including_home() {
+        for entry in ["HOME=/root\nevil:x:0:0::/:/bin/sh", "A=b\r", "X=\0"] {
+            let mut s = minimal();
+            s.process.env.push(entry.into());
+            assert_eq!(s.validate(), Err(SpecError::EnvControlChar(entry.into())));
+        }
+        let mut s = minimal();
+        s.process.env.push("=novalue".into());
+        assert!(matches!(s.validate(), Err(SpecError::EnvNotKeyValue(_))));
+    }
+
+    #[test]
+    fn rejects_ids_that_overflow_int32() {
+        let mut s = minimal();
+        s.process.uid = 1 << 31;
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::IdOutOfRange { what: "uid", .. })
+        ));
+        let mut s = minimal();
+        s.process.additional_gids = vec![u32::MAX];
+        assert!(matches!(s.validate(), Err(SpecError::IdOutOfRange { .. })));
+        let mut s = minimal();
+        s.process.uid = i32::MAX as u32;
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_unknown_capabilities() {
+        let mut s = minimal();
+        s.process.capabilities = vec!["NET_ADMIN".into(), "FLY".into()];
+        assert_eq!(
+            s.validate(),
+            Err(SpecError::UnknownCapability("FLY".into()))
+        );
+    }
+
+    #[test]
+    fn rejects_relative_and_escaping_container_paths() {
+        let mut s = minimal();
+        s.mounts.push(BindMount {
+            source: "/host".into(),
+            destination: "/data/../../etc".into(),
+            readonly: false,
+            propagation: Propagation::Private,
+        });
+        assert!(matches!(s.validate(), Err(SpecError::DotDot { .. })));
+        let mut s = minimal();
+        s.process.cwd = "work".into();
+        assert!(matches!(s.validate(), Err(SpecError::NotAbsolute { .. })));
+    }
+
+    #[test]
+    fn rejects_a_shared_mount_namespace() {
+        let mut s = minimal();
+        s.namespaces.mnt = Namespace::Host;
+        assert_eq!(s.validate(), Err(SpecError::MountNamespaceNotNew));
+    }
+}
