@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# berth's whole test suite, as CI runs it (.ci/run) and as the README's second command:
+#   1. what the tests need (deploy/install.sh --deps-only: Debian packages, cri-tools),
+#   2. formatting and clippy with warnings denied,
+#   3. unit and integration tests (real kernel, registry, CNI plugins, crictl),
+#   4. the critest conformance suite against a release build of berth, with the
+#      expected-to-pass list enforced, and against containerd for the comparison table.
+#
+#   deploy/test.sh                  # all of it
+#   deploy/test.sh --no-containerd  # skip the containerd comparison run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WITH_CONTAINERD=1
+[[ ${1:-} == --no-containerd ]] && WITH_CONTAINERD=0
+
+export PATH=$PATH:$HOME/.cargo/bin:/usr/local/go/bin:/usr/local/bin
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "dependencies"
+deploy/install.sh --deps-only
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "unit and integration tests"
+cargo test --workspace --no-fail-fast 2>&1 | tee target/test.log
+cargo_passed=$(grep -E '^test result:' target/test.log | sed -E 's/.* ([0-9]+) passed.*/\1/' | paste -sd+ | bc)
+cargo_failed=$(grep -E '^test result:' target/test.log | sed -E 's/.* ([0-9]+) failed.*/\1/' | paste -sd+ | bc)
+
+step "release build for critest"
+cargo build --release -p cri-server
+
+if [[ $WITH_CONTAINERD == 1 ]]; then
+    step "critest against containerd 1.6 (comparison columns)"
+    # The comparison must not decide our result: a containerd failure only leaves its
+    # columns as they were.
+    critest/run.sh --runtime containerd --no-results || echo "test: the containerd run failed; its columns keep their last values" >&2
+fi
+
+step "critest against berth (expected-to-pass list enforced)"
+critest/run.sh --runtime berth --berth-bin target/release/berth
+
+echo
+echo "cargo tests: ${cargo_passed} passed, ${cargo_failed} failed"
+python3 critest/results.py --summary critest/results/berth.json
