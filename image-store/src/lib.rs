@@ -4,6 +4,24 @@
 //! Registry configuration (mirrors, insecure hosts) is defined here because pulling is
 //! the only thing that uses it; the daemon's config embeds [`RegistryConfig`].
 
+pub mod digest;
+pub mod error;
+mod ingest;
+pub mod manifest;
+mod pull;
+pub mod record;
+pub mod reference;
 pub mod registry_config;
+mod store;
+pub mod unpack;
+pub mod user;
 
+pub use error::{Error, Result};
+pub use manifest::{LayerFormat, Platform, PlatformChoice};
+pub use pull::{Credentials, PullRequest, Pulled};
+pub use record::{DiskUsage, ImageRecord, LayerRecord};
+pub use reference::ImageRef;
 pub use registry_config::{RegistryConfig, RegistryHost};
+pub use store::{Collected, FsUsage, ImageStore};
+pub use unpack::Limits;
+pub use user::{ImageUser, parse_user};
