@@ -27,6 +27,7 @@ CT_RUNTIME=""
 CT_PID=""
 CT_ENDPOINT=""
 CT_NETNS_BEFORE=""
+CT_BRIDGE_BEFORE=""
 export PATH=$PATH:/usr/local/go/bin:/usr/local/bin:/usr/sbin:/sbin
 
 ct_log() { echo "critest: $*" >&2; }
@@ -86,6 +87,10 @@ ct_wait_socket() { # socket pid seconds
 ct_runtime_start() { # berth|containerd [berth-binary]
     CT_RUNTIME=$1
     CT_NETNS_BEFORE=$(ip netns list 2>/dev/null | awk '{print $1}' | sort)
+    CT_BRIDGE_BEFORE=""
+    local br
+    br=$(ct_cni_bridge 2>/dev/null || true)
+    [[ -n $br && -d /sys/class/net/$br ]] && CT_BRIDGE_BEFORE=$br
     mkdir -p "$CT_RUN" "$CT_LIB" "$CT_LOGS"
     case $1 in
     berth) ct_berth_start "${2:-$CT_REPO/target/release/berth}" ;;
@@ -251,7 +256,7 @@ ct_runtime_stop() {
 }
 
 # Network namespaces created during the run, CNI port-mapping chains whose pods are gone,
-# and the CNI bridge once nothing is attached to it.
+# and the CNI bridge if the run created it and nothing is attached to it any more.
 ct_cleanup_network() {
     local ns br chain
     for ns in $(comm -13 <(echo "$CT_NETNS_BEFORE") <(ip netns list 2>/dev/null | awk '{print $1}' | sort)); do
@@ -267,7 +272,8 @@ ct_cleanup_network() {
             ct_log "removed leftover iptables chain $chain"
     done
     br=$(ct_cni_bridge 2>/dev/null || true)
-    if [[ -n $br && -d /sys/class/net/$br ]] && [[ -z $(ls "/sys/class/net/$br/brif" 2>/dev/null) ]]; then
+    if [[ -n $br && $br != "${CT_BRIDGE_BEFORE:-}" && -d /sys/class/net/$br ]] &&
+        [[ -z $(ls "/sys/class/net/$br/brif" 2>/dev/null) ]]; then
         ip link delete "$br" 2>/dev/null && ct_log "removed CNI bridge $br (nothing attached)"
     fi
 }

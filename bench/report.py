@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Write bench/RESULTS.md from the critest -benchmark outputs in bench/results/<runtime>/.
+
+Each metric is the median over the samples of one benchmark spec, in milliseconds. A
+metric whose spec did not pass is reported as n/a with the reason (the first line of the
+failure), never as a number.
+"""
+
+import json
+import os
+import re
+import statistics
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "critest"))
+import results  # noqa: E402  (critest/results.py: report parsing)
+
+RUNTIMES = ("berth", "containerd")
+
+SPEC_IMAGE = "benchmark about basic operations on Image"
+SPEC_LIST = "benchmark about listing Image"
+SPEC_POD = "benchmark about lifecycle of PodSandbox"
+SPEC_CONTAINER = "benchmark about basic operations on Container"
+SPEC_SCRATCH = "benchmark about start a container from scratch"
+
+# metric, spec, data file, operation names summed per sample (None: the Ginkgo report entry)
+METRICS = [
+    ("PullImage", SPEC_IMAGE, "image_lifecycle_benchmark_data.json", ["PullImage"]),
+    ("ListImages", SPEC_LIST, "image_listing_benchmark_data.json", ["ListImages"]),
+    ("ImageStatus", SPEC_IMAGE, "image_lifecycle_benchmark_data.json", ["StatusImage"]),
+    ("RemoveImage", SPEC_IMAGE, "image_lifecycle_benchmark_data.json", ["RemoveImage"]),
+    ("RunPodSandbox", SPEC_POD, "pod_benchmark_data.json", ["CreatePod"]),
+    ("StopPodSandbox", SPEC_POD, "pod_benchmark_data.json", ["StopPod"]),
+    ("RemovePodSandbox", SPEC_POD, "pod_benchmark_data.json", ["RemovePod"]),
+    ("PodSandboxStatus", SPEC_POD, "pod_benchmark_data.json", ["StatusPod"]),
+    ("CreateContainer+StartContainer", SPEC_CONTAINER, "container_benchmark_data.json",
+     ["CreateContainer", "StartContainer"]),
+    ("StopContainer", SPEC_CONTAINER, "container_benchmark_data.json", ["StopContainer"]),
+    ("RemoveContainer", SPEC_CONTAINER, "container_benchmark_data.json", ["RemoveContainer"]),
+    ("start a container from scratch", SPEC_SCRATCH, None, None),
+]
+
+# Targets for berth (ms), from the project's issues.
+TARGETS = {
+    "PullImage": 15, "ListImages": 0.2, "RunPodSandbox": 25, "StopPodSandbox": 15,
+    "CreateContainer+StartContainer": 10, "StopContainer": 5, "start a container from scratch": 50,
+}
+
+
+def load_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_meta(d):
+    meta = {}
+    path = os.path.join(d, "meta.txt")
+    if os.path.exists(path):
+        for line in open(path):
+            k, _, v = line.strip().partition("=")
+            meta[k] = v
+    return meta
+
+
+def spec_states(report):
+    """{leaf text: (state, reason, spec report)}"""
+    out = {}
+    for suite in report:
+        for spec in suite.get("SpecReports") or []:
+            if spec.get("LeafNodeType") != "It":
+                continue
+            msg = (spec.get("Failure") or {}).get("Message", "")
+            out[spec["LeafNodeText"]] = (spec.get("State"), msg, spec)
+    return out
+
+
+def na_reason(state, message):
+    if state == "skipped":
+        return "n/a (skipped: " + (results.first_line(message, 120) or "not run") + ")"
+    m = re.search(r"code = Unimplemented desc = ([^\"\n]*)", message or "")
+    if m:
+        return f"n/a (UNIMPLEMENTED: {m.group(1).strip()})"
+    return "n/a (failed: " + results.first_line(message, 160).replace("|", "\\|") + ")"
+
+
+def scratch_ms(spec):
+    for entry in spec.get("ReportEntries") or []:
+        if entry.get("Name") != "start-container-benchmark":
+            continue
+        exp = json.loads((entry.get("Value") or {}).get("AsJSON") or "{}")
+        for m in exp.get("Measurements") or []:
+            if m.get("Durations"):
+                return statistics.median(m["Durations"]) / 1e6
+    return None
+
+
+def metric_values(rt):
+    """{metric: float ms or 'n/a (...)'} for one runtime, or None without results."""
+    d = os.path.join(HERE, "results", rt)
+    if os.path.exists(os.path.join(d, "start-failed.txt")):
+        return {m[0]: "n/a (runtime did not start)" for m in METRICS}
+    report_path = os.path.join(d, "report.json")
+    if not os.path.exists(report_path):
+        return None
+    states = spec_states(load_json(report_path))
+    values = {}
+    for name, spec_text, data_file, ops in METRICS:
+        state, message, spec = states.get(spec_text, ("absent", "spec not in report", None))
+        if state != "passed":
+            values[name] = na_reason(state, message)
+            continue
+        if data_file is None:
+            v = scratch_ms(spec)
+            values[name] = v if v is not None else "n/a (no measurement in the report)"
+            continue
+        path = os.path.join(d, data_file)
+        if not os.path.exists(path):
+            values[name] = f"n/a (no {data_file})"
+            continue
+        data = load_json(path)
+        idx = [data["operationsNames"].index(op) for op in ops]
+        samples = [sum(p["operationsDurationsNs"][i] for i in idx)
+                   for p in data.get("datapoints") or []
+                   if len(p.get("operationsDurationsNs") or []) == len(data["operationsNames"])]
+        values[name] = (statistics.median(samples) / 1e6 if samples
+                        else "n/a (no complete samples)")
+    return values
+
+
+def fmt(v):
+    return f"{v:.2f}" if isinstance(v, float) else v
+
+
+def main():
+    vals = {rt: metric_values(rt) for rt in RUNTIMES}
+    metas = {rt: read_meta(os.path.join(HERE, "results", rt)) for rt in RUNTIMES}
+    lines = ["# Benchmarks: berth vs containerd (critest v1.34.0 -benchmark)", ""]
+    any_meta = next((m for m in metas.values() if m), {})
+    lines.append(f"- Machine: {any_meta.get('nproc', '?')} CPUs, kernel {any_meta.get('kernel', '?')}, "
+                 "Debian 12, cgroup v1, overlayfs; loopback registry 127.0.0.1:5000 (stand-in images).")
+    for rt in RUNTIMES:
+        m = metas[rt]
+        if vals[rt] is None:
+            lines.append(f"- {rt}: not run yet (`bench/run.sh --runtimes {rt}`)")
+            continue
+        version = " ".join(x for x in (m.get("RuntimeName"), m.get("RuntimeVersion")) if x)
+        lines.append(f"- {rt}: run {m.get('date', '?')}" + (f" ({version})" if version else ""))
+    lines.append("- Command: `bench/run.sh` (both runtimes, one after the other), which runs per runtime:")
+    lines.append("")
+    lines.append("```")
+    for rt in RUNTIMES:
+        path = os.path.join(HERE, "results", rt, "command.txt")
+        if os.path.exists(path):
+            lines.append(f"# {rt}")
+            lines.append(open(path).read().strip())
+    lines.append("```")
+    lines.append("")
+    lines.append("Parameters: `bench/params.yaml` (30 pods, 30 containers, 10 images, parallelism 1). "
+                 "Medians in ms over the samples; \"start a container from scratch\" is one timed run "
+                 "(after one warm-up) of RunPodSandbox + CreateContainer + StartContainer + "
+                 "StopPodSandbox + RemovePodSandbox. CreateContainer includes critest's ImageStatus "
+                 "check. This is a 2-core VM shared with other work: treat the numbers as rough.")
+    lines.append("")
+    lines.append("| metric | berth | containerd | berth/containerd |")
+    lines.append("|---|---|---|---|")
+    for name, *_ in METRICS:
+        b = (vals["berth"] or {}).get(name, "n/a (not run)")
+        c = (vals["containerd"] or {}).get(name, "n/a (not run)")
+        ratio = f"{b / c:.2f}" if isinstance(b, float) and isinstance(c, float) and c > 0 else "n/a"
+        lines.append(f"| {name} median (ms) | {fmt(b)} | {fmt(c)} | {ratio} |"
+                     if name != "start a container from scratch" else
+                     f"| {name} (ms) | {fmt(b)} | {fmt(c)} | {ratio} |")
+    lines.append("")
+    lines.append("## Targets for berth")
+    lines.append("")
+    lines.append("| metric | target (ms) | berth (ms) | met |")
+    lines.append("|---|---|---|---|")
+    for name, *_ in METRICS:
+        if name not in TARGETS:
+            continue
+        b = (vals["berth"] or {}).get(name, "n/a (not run)")
+        met = ("yes" if b <= TARGETS[name] else "no") if isinstance(b, float) else "n/a"
+        lines.append(f"| {name} | ≤ {TARGETS[name]:g} | {fmt(b)} | {met} |")
+    out = os.path.join(HERE, "RESULTS.md")
+    with open(out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"report.py: wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The benchmark command: critest v1.34.0 -benchmark (bench/params.yaml) against berth and
+# against Debian's containerd 1.6.20 + runc, one after the other on this machine, then
+# bench/RESULTS.md (medians per CRI operation, berth next to containerd).
+#
+#   bench/run.sh [--berth-bin PATH] [--runtimes "berth containerd"]
+#
+# Uses the same tools, images, registry mirror, CNI network and runtime start/stop code as
+# critest/run.sh (critest/lib.sh). Raw data: bench/results/<runtime>/*.json (the critest
+# benchmark files plus the Ginkgo report), logs in critest/out/logs/.
+set -euo pipefail
+
+BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=critest/lib.sh
+source "$BENCH/../critest/lib.sh"
+
+BERTH_BIN=$CT_REPO/target/release/berth
+RUNTIMES="berth containerd"
+while (($#)); do
+    case $1 in
+    --berth-bin) BERTH_BIN=$(realpath "$2"); shift 2 ;;
+    --runtimes) RUNTIMES=$2; shift 2 ;;
+    -h | --help) sed -n '2,11p' "$0"; exit 0 ;;
+    *) echo "bench/run.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    ct_runtime_stop || true
+    ct_cleanup_host || true
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ct_prepare
+for rt in $RUNTIMES; do
+    out=$BENCH/results/$rt
+    rm -rf "$out"
+    mkdir -p "$out"
+    ct_host_snapshot
+    if ! ct_runtime_start "$rt" "$BERTH_BIN"; then
+        echo "runtime did not start; see critest/out/logs/$rt.log" >"$out/start-failed.txt"
+        ct_runtime_stop || true
+        continue
+    fi
+    args=(-benchmark -runtime-endpoint "$CT_ENDPOINT" -image-endpoint "$CT_ENDPOINT"
+        -benchmarking-params-file "$BENCH/params.yaml" -benchmarking-output-dir "$out"
+        -ginkgo.no-color -ginkgo.json-report "$out/report.json")
+    {
+        echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+        echo "nproc=$(nproc)"
+        echo "kernel=$(uname -r)"
+        crictl -r "$CT_ENDPOINT" version 2>/dev/null | awk -F':[ ]*' '$1 ~ /^Runtime(Name|Version)$/ {print $1 "=" $2}'
+    } >"$out/meta.txt"
+    printf 'critest' >"$out/command.txt"
+    printf ' %q' "${args[@]}" >>"$out/command.txt"
+    echo >>"$out/command.txt"
+    ct_log "critest ${args[*]}"
+    mkdir -p "$CT_RUN/cwd"
+    rc=0
+    (cd "$CT_RUN/cwd" && exec critest "${args[@]}") >"$CT_LOGS/bench-$rt.out" 2>&1 || rc=$?
+    ct_log "$rt: critest -benchmark exited $rc; output in $CT_LOGS/bench-$rt.out"
+    grep -E '^(Ran |FAIL!|SUCCESS!)' "$CT_LOGS/bench-$rt.out" >&2 || true
+    [[ -s $out/report.json ]] && python3 "$CT_HERE/results.py" --compact "$out/report.json" "$out/report.json"
+    ct_runtime_stop
+    ct_cleanup_host
+done
+
+python3 "$BENCH/report.py"
