@@ -36,7 +36,11 @@ pub(crate) trait BlobSource: Send + Sync {
 const PARALLEL_LAYERS: usize = 3;
 
 /// Reads a small blob (config) fully, verifying size and digest.
-pub(crate) async fn fetch_document(src: &dyn BlobSource, desc: &Descriptor, what: &str) -> Result<Vec<u8>> {
+pub(crate) async fn fetch_document(
+    src: &dyn BlobSource,
+    desc: &Descriptor,
+    what: &str,
+) -> Result<Vec<u8>> {
     if desc.size > manifest::MAX_DOCUMENT {
         return Err(Error::LimitExceeded(format!(
             "{what} {} is {} bytes, more than the {} allowed",
@@ -154,7 +158,9 @@ impl Ingest<'_> {
                 }),
                 Err(e) => {
                     // The root cause, not the "aborted" of the layers stopped because of it.
-                    if first_err.is_none() || matches!(first_err, Some(Error::Registry(ref s)) if s.contains("aborted")) {
+                    if first_err.is_none()
+                        || matches!(first_err, Some(Error::Registry(ref s)) if s.contains("aborted"))
+                    {
                         first_err = Some(e);
                     }
                 }
@@ -182,7 +188,13 @@ impl Ingest<'_> {
         Ok((rec, pin))
     }
 
-    async fn tar_layer(&self, l: &Descriptor, diff_id: &str, chain: &str, abort: &AtomicBool) -> Result<DiskUsage> {
+    async fn tar_layer(
+        &self,
+        l: &Descriptor,
+        diff_id: &str,
+        chain: &str,
+        abort: &AtomicBool,
+    ) -> Result<DiskUsage> {
         let _lock = self.store.lock_content(chain).await;
         let dest = self.store.layer_dir(chain)?;
         if dest.exists() {
@@ -203,11 +215,12 @@ impl Ingest<'_> {
             let usage = crate::store::du(&dir)?;
             Ok::<_, Error>((r, usage))
         });
-        let downloaded = self.download(l, abort, |chunk| {
-            let tx = tx.clone();
-            async move { tx.send(Msg::Data(chunk)).await.is_ok() }
-        })
-        .await;
+        let downloaded = self
+            .download(l, abort, |chunk| {
+                let tx = tx.clone();
+                async move { tx.send(Msg::Data(chunk)).await.is_ok() }
+            })
+            .await;
         if downloaded.is_ok() {
             let _ = tx.send(Msg::End).await;
         }
@@ -240,7 +253,10 @@ impl Ingest<'_> {
     async fn wasm_layer(&self, l: &Descriptor, abort: &AtomicBool) -> Result<DiskUsage> {
         let _lock = self.store.lock_content(&l.digest).await;
         let dest = self.store.blob_path(&l.digest)?;
-        let usage = |size| DiskUsage { bytes: size, inodes: 1 };
+        let usage = |size| DiskUsage {
+            bytes: size,
+            inodes: 1,
+        };
         if dest.exists() {
             return Ok(usage(l.size));
         }
@@ -253,7 +269,9 @@ impl Ingest<'_> {
             let file = file.clone();
             async move {
                 use std::io::Write;
-                file.lock().map(|mut f| f.write_all(&chunk).is_ok()).unwrap_or(false)
+                file.lock()
+                    .map(|mut f| f.write_all(&chunk).is_ok())
+                    .unwrap_or(false)
             }
         })
         .await?;
@@ -274,7 +292,10 @@ impl Ingest<'_> {
         let mut h = Hasher::default();
         while let Some(chunk) = stream.next().await {
             if abort.load(Ordering::Relaxed) {
-                return Err(Error::Registry(format!("layer {}: aborted, another layer failed", l.digest)));
+                return Err(Error::Registry(format!(
+                    "layer {}: aborted, another layer failed",
+                    l.digest
+                )));
             }
             let chunk = chunk.map_err(|e| interrupted("layer", &l.digest, e))?;
             h.update(&chunk);
@@ -295,8 +316,16 @@ impl Ingest<'_> {
 
 /// The config's `rootfs.diff_ids`, one per layer (Wasm layers are their own DiffID when
 /// the config lists only the tar layers).
-fn diff_ids(config: &ConfigDoc, layers: &[Descriptor], formats: &[LayerFormat]) -> Result<Vec<String>> {
-    let listed = config.rootfs.as_ref().map(|r| r.diff_ids.clone()).unwrap_or_default();
+fn diff_ids(
+    config: &ConfigDoc,
+    layers: &[Descriptor],
+    formats: &[LayerFormat],
+) -> Result<Vec<String>> {
+    let listed = config
+        .rootfs
+        .as_ref()
+        .map(|r| r.diff_ids.clone())
+        .unwrap_or_default();
     for d in &listed {
         digest::validate(d)?;
     }
@@ -378,7 +407,12 @@ impl Read for ChannelReader {
             match self.rx.blocking_recv() {
                 Some(Msg::Data(b)) => self.cur = b,
                 Some(Msg::End) => self.ended = true,
-                None => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "download did not complete")),
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "download did not complete",
+                    ));
+                }
             }
         }
         let n = buf.len().min(self.cur.len());

@@ -119,12 +119,16 @@ struct Raw {
 
 pub fn parse_document(bytes: &[u8], what: &str) -> Result<Document> {
     let bad = |m: String| Error::Unsupported(format!("{what}: {m}"));
-    let raw: Raw = serde_json::from_slice(bytes).map_err(|e| bad(format!("not a manifest: {e}")))?;
+    let raw: Raw =
+        serde_json::from_slice(bytes).map_err(|e| bad(format!("not a manifest: {e}")))?;
     if raw.fs_layers.is_some() || raw.schema_version == Some(1) {
         return Err(bad("Docker schema 1 manifests are not supported".into()));
     }
     if raw.schema_version != Some(2) {
-        return Err(bad(format!("schemaVersion {:?} is not 2", raw.schema_version)));
+        return Err(bad(format!(
+            "schemaVersion {:?} is not 2",
+            raw.schema_version
+        )));
     }
     let mt = raw.media_type.as_deref();
     match (raw.manifests, raw.config, raw.layers) {
@@ -251,11 +255,24 @@ mod tests {
 
     #[test]
     fn picks_linux_amd64_or_wasm() {
-        let idx = vec![d("linux", "arm64", 1), d("linux", "amd64", 2), d("wasi", "wasm", 3)];
-        assert_eq!(select_platform(&idx, PlatformChoice::Native).unwrap(), &idx[1]);
-        assert_eq!(select_platform(&idx, PlatformChoice::PreferWasm).unwrap(), &idx[2]);
+        let idx = vec![
+            d("linux", "arm64", 1),
+            d("linux", "amd64", 2),
+            d("wasi", "wasm", 3),
+        ];
+        assert_eq!(
+            select_platform(&idx, PlatformChoice::Native).unwrap(),
+            &idx[1]
+        );
+        assert_eq!(
+            select_platform(&idx, PlatformChoice::PreferWasm).unwrap(),
+            &idx[2]
+        );
         let only_wasm = vec![d("wasip1", "wasm", 4)];
-        assert_eq!(select_platform(&only_wasm, PlatformChoice::Native).unwrap(), &only_wasm[0]);
+        assert_eq!(
+            select_platform(&only_wasm, PlatformChoice::Native).unwrap(),
+            &only_wasm[0]
+        );
         assert!(select_platform(&[d("linux", "s390x", 5)], PlatformChoice::Native).is_none());
     }
 
@@ -271,12 +288,18 @@ mod tests {
         );
         assert!(parse_document(mislabelled.as_bytes(), "m").is_err());
         let schema1 = r#"{"schemaVersion":1,"fsLayers":[]}"#;
-        assert!(matches!(parse_document(schema1.as_bytes(), "m"), Err(Error::Unsupported(_))));
+        assert!(matches!(
+            parse_document(schema1.as_bytes(), "m"),
+            Err(Error::Unsupported(_))
+        ));
     }
 
     #[test]
     fn layer_formats() {
-        assert_eq!(layer_format("application/vnd.oci.image.layer.v1.tar+zstd").unwrap(), LayerFormat::Tar);
+        assert_eq!(
+            layer_format("application/vnd.oci.image.layer.v1.tar+zstd").unwrap(),
+            LayerFormat::Tar
+        );
         assert_eq!(
             layer_format("application/vnd.docker.image.rootfs.diff.tar.gzip").unwrap(),
             LayerFormat::Tar

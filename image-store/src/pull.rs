@@ -27,7 +27,10 @@ use crate::store::ImageStore;
 /// Registry credentials as the CRI's AuthConfig carries them.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Credentials {
-    Basic { username: String, password: String },
+    Basic {
+        username: String,
+        password: String,
+    },
     /// A bearer token for the registry itself.
     RegistryToken(String),
 }
@@ -65,9 +68,9 @@ impl Credentials {
                 .map_err(|e| Error::InvalidArgument(format!("auth.auth is not base64: {e}")))?;
             let decoded = String::from_utf8(decoded)
                 .map_err(|_| Error::InvalidArgument("auth.auth is not UTF-8".into()))?;
-            let (u, p) = decoded
-                .split_once(':')
-                .ok_or_else(|| Error::InvalidArgument("auth.auth is not base64(user:password)".into()))?;
+            let (u, p) = decoded.split_once(':').ok_or_else(|| {
+                Error::InvalidArgument("auth.auth is not base64(user:password)".into())
+            })?;
             return Ok(Some(Credentials::Basic {
                 username: u.to_string(),
                 password: p.to_string(),
@@ -85,14 +88,18 @@ impl Credentials {
     /// Part of the de-duplication key, so no pull shares another's credentials.
     fn fingerprint(&self) -> String {
         match self {
-            Credentials::Basic { username, password } => digest::sha256_of(format!("b\0{username}\0{password}").as_bytes()),
+            Credentials::Basic { username, password } => {
+                digest::sha256_of(format!("b\0{username}\0{password}").as_bytes())
+            }
             Credentials::RegistryToken(t) => digest::sha256_of(format!("t\0{t}").as_bytes()),
         }
     }
 
     fn to_oci(&self) -> RegistryAuth {
         match self {
-            Credentials::Basic { username, password } => RegistryAuth::Basic(username.clone(), password.clone()),
+            Credentials::Basic { username, password } => {
+                RegistryAuth::Basic(username.clone(), password.clone())
+            }
             Credentials::RegistryToken(t) => RegistryAuth::Bearer(t.clone()),
         }
     }
@@ -142,10 +149,20 @@ fn endpoints(cfg: &RegistryConfig, host: &str) -> Vec<Endpoint> {
     if !hc.mirrors_only {
         if hc.insecure || is_loopback(host) {
             for http in [false, true] {
-                out.push(Endpoint { host: host.to_string(), http, any_cert: true, mirror: false });
+                out.push(Endpoint {
+                    host: host.to_string(),
+                    http,
+                    any_cert: true,
+                    mirror: false,
+                });
             }
         } else {
-            out.push(Endpoint { host: host.to_string(), http: false, any_cert: false, mirror: false });
+            out.push(Endpoint {
+                host: host.to_string(),
+                http: false,
+                any_cert: false,
+                mirror: false,
+            });
         }
     }
     out
@@ -166,7 +183,10 @@ impl ImageStore {
         let image = ImageRef::parse(&req.reference)?;
         let key = format!(
             "{image}\0{}\0{:?}",
-            req.credentials.as_ref().map(Credentials::fingerprint).unwrap_or_default(),
+            req.credentials
+                .as_ref()
+                .map(Credentials::fingerprint)
+                .unwrap_or_default(),
             req.platform
         );
         let shared = {
@@ -181,12 +201,17 @@ impl ImageStore {
                     let k = key.clone();
                     let task = tokio::spawn(async move {
                         let r = store.pull_once(image, req.credentials, req.platform).await;
-                        store.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(&k);
+                        store
+                            .inflight
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&k);
                         r
                     });
                     let f = async move {
-                        task.await
-                            .unwrap_or_else(|e| Err(Error::Storage(format!("pull task failed: {e}"))))
+                        task.await.unwrap_or_else(|e| {
+                            Err(Error::Storage(format!("pull task failed: {e}")))
+                        })
                     }
                     .boxed()
                     .shared();
@@ -235,7 +260,11 @@ impl ImageStore {
                 }
                 .run()
                 .await?;
-                let rec = self.commit(rec, image.tagged(), Some(image.with_digest(&resolved.top_digest)))?;
+                let rec = self.commit(
+                    rec,
+                    image.tagged(),
+                    Some(image.with_digest(&resolved.top_digest)),
+                )?;
                 drop(pin);
                 Ok::<_, Error>(rec)
             }
@@ -254,7 +283,9 @@ impl ImageStore {
                 }
             };
         }
-        Err(last_err.unwrap_or_else(|| Error::Registry(format!("no endpoint configured for {}", image.registry))))
+        Err(last_err.unwrap_or_else(|| {
+            Error::Registry(format!("no endpoint configured for {}", image.registry))
+        }))
     }
 }
 
@@ -276,14 +307,19 @@ struct RegistrySource {
 impl RegistrySource {
     fn new(ep: &Endpoint, image: &ImageRef, auth: RegistryAuth) -> Result<Self> {
         let config = ClientConfig {
-            protocol: if ep.http { ClientProtocol::Http } else { ClientProtocol::Https },
+            protocol: if ep.http {
+                ClientProtocol::Http
+            } else {
+                ClientProtocol::Https
+            },
             accept_invalid_certificates: ep.any_cert,
             platform_resolver: None,
             connect_timeout: Some(std::time::Duration::from_secs(10)),
             read_timeout: Some(std::time::Duration::from_secs(60)),
             ..Default::default()
         };
-        let client = Client::try_from(config).map_err(|e| Error::Registry(format!("registry client: {e}")))?;
+        let client = Client::try_from(config)
+            .map_err(|e| Error::Registry(format!("registry client: {e}")))?;
         let tag = match &image.target {
             Target::Tag(t) => t.clone(),
             Target::Digest(_) => "latest".into(),
@@ -297,14 +333,24 @@ impl RegistrySource {
 
     fn at(&self, target: &Target) -> Reference {
         match target {
-            Target::Tag(t) => Reference::with_tag(self.repo.registry().into(), self.repo.repository().into(), t.clone()),
-            Target::Digest(d) => {
-                Reference::with_digest(self.repo.registry().into(), self.repo.repository().into(), d.clone())
-            }
+            Target::Tag(t) => Reference::with_tag(
+                self.repo.registry().into(),
+                self.repo.repository().into(),
+                t.clone(),
+            ),
+            Target::Digest(d) => Reference::with_digest(
+                self.repo.registry().into(),
+                self.repo.repository().into(),
+                d.clone(),
+            ),
         }
     }
 
-    async fn manifest(&self, target: &Target, expect_size: Option<u64>) -> Result<(Vec<u8>, String)> {
+    async fn manifest(
+        &self,
+        target: &Target,
+        expect_size: Option<u64>,
+    ) -> Result<(Vec<u8>, String)> {
         let r = self.at(target);
         let (bytes, _) = self
             .client
@@ -312,13 +358,19 @@ impl RegistrySource {
             .await
             .map_err(|e| map_oci(e, &r.whole()))?;
         if bytes.len() as u64 > manifest::MAX_DOCUMENT {
-            return Err(Error::LimitExceeded(format!("manifest {} is too large", r.whole())));
+            return Err(Error::LimitExceeded(format!(
+                "manifest {} is too large",
+                r.whole()
+            )));
         }
         let got = digest::sha256_of(&bytes);
         if let Target::Digest(d) = target
             && *d != got
         {
-            return Err(Error::Verification(format!("manifest {}: content digest is {got}", r.whole())));
+            return Err(Error::Verification(format!(
+                "manifest {}: content digest is {got}",
+                r.whole()
+            )));
         }
         if let Some(s) = expect_size
             && s != bytes.len() as u64
@@ -335,11 +387,14 @@ impl RegistrySource {
     async fn resolve(&self, image: &ImageRef, platform: PlatformChoice) -> Result<Resolved> {
         let (top, top_digest) = self.manifest(&image.target, None).await?;
         let mut documents = vec![(top_digest.clone(), top.clone())];
-        let (manifest, manifest_digest) = match manifest::parse_document(&top, &image.to_string())? {
+        let (manifest, manifest_digest) = match manifest::parse_document(&top, &image.to_string())?
+        {
             Document::Image(m) => (m, top_digest.clone()),
             Document::Index(entries) => {
                 let pick = manifest::select_platform(&entries, platform).ok_or_else(|| {
-                    Error::Unsupported(format!("{image}: no linux/amd64 or wasi/wasm image in the index"))
+                    Error::Unsupported(format!(
+                        "{image}: no linux/amd64 or wasi/wasm image in the index"
+                    ))
                 })?;
                 let (bytes, d) = self
                     .manifest(&Target::Digest(pick.digest.clone()), Some(pick.size))
@@ -364,7 +419,10 @@ impl RegistrySource {
 }
 
 impl BlobSource for RegistrySource {
-    fn fetch<'a>(&'a self, desc: &'a Descriptor) -> BoxFuture<'a, Result<BoxStream<'static, io::Result<Bytes>>>> {
+    fn fetch<'a>(
+        &'a self,
+        desc: &'a Descriptor,
+    ) -> BoxFuture<'a, Result<BoxStream<'static, io::Result<Bytes>>>> {
         async move {
             let s = self
                 .client
@@ -380,9 +438,9 @@ impl BlobSource for RegistrySource {
 fn map_oci(e: OciDistributionError, what: &str) -> Error {
     use OciDistributionError as E;
     match &e {
-        E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => {
-            Error::Unauthorized(format!("{what}: the registry refused access (check the credentials): {e}"))
-        }
+        E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => Error::Unauthorized(format!(
+            "{what}: the registry refused access (check the credentials): {e}"
+        )),
         E::ImageManifestNotFoundError(_) => Error::NotFound(format!("{what}: not found: {e}")),
         E::RegistryError { envelope, .. } => {
             let codes = format!("{envelope:?}").to_ascii_lowercase();
@@ -417,14 +475,24 @@ mod tests {
         );
         let eps = endpoints(&cfg, "registry.k8s.io");
         assert_eq!(eps.len(), 2);
-        assert_eq!((eps[0].host.as_str(), eps[0].http, eps[0].mirror), ("127.0.0.1:5000", true, true));
-        assert_eq!((eps[1].host.as_str(), eps[1].http), ("registry.k8s.io", false));
+        assert_eq!(
+            (eps[0].host.as_str(), eps[0].http, eps[0].mirror),
+            ("127.0.0.1:5000", true, true)
+        );
+        assert_eq!(
+            (eps[1].host.as_str(), eps[1].http),
+            ("registry.k8s.io", false)
+        );
         cfg.hosts.get_mut("registry.k8s.io").unwrap().mirrors_only = true;
         assert_eq!(endpoints(&cfg, "registry.k8s.io").len(), 1);
         // Loopback registries are reachable over plain HTTP without configuration.
         let local = endpoints(&RegistryConfig::default(), "127.0.0.1:5000");
         assert!(local.iter().any(|e| e.http));
-        assert!(!endpoints(&RegistryConfig::default(), "gcr.io").iter().any(|e| e.http));
+        assert!(
+            !endpoints(&RegistryConfig::default(), "gcr.io")
+                .iter()
+                .any(|e| e.http)
+        );
     }
 
     #[test]
@@ -432,17 +500,26 @@ mod tests {
         let b64 = base64::engine::general_purpose::STANDARD.encode("alice:s3cret");
         assert_eq!(
             Credentials::from_auth_config("", "", &b64, "", "").unwrap(),
-            Some(Credentials::Basic { username: "alice".into(), password: "s3cret".into() })
+            Some(Credentials::Basic {
+                username: "alice".into(),
+                password: "s3cret".into()
+            })
         );
         assert_eq!(
             Credentials::from_auth_config("bob", "pw", "", "", "").unwrap(),
-            Some(Credentials::Basic { username: "bob".into(), password: "pw".into() })
+            Some(Credentials::Basic {
+                username: "bob".into(),
+                password: "pw".into()
+            })
         );
         assert_eq!(
             Credentials::from_auth_config("", "", "", "", "tok").unwrap(),
             Some(Credentials::RegistryToken("tok".into()))
         );
-        assert_eq!(Credentials::from_auth_config("", "", "", "", "").unwrap(), None);
+        assert_eq!(
+            Credentials::from_auth_config("", "", "", "", "").unwrap(),
+            None
+        );
         assert!(Credentials::from_auth_config("", "", "!!", "", "").is_err());
     }
 }

@@ -150,7 +150,9 @@ impl ImageStore {
         for (key, rec) in meta.list::<ImageRecord>()? {
             match rec {
                 Ok(rec) => index.insert(Arc::new(rec)),
-                Err(e) => tracing::warn!(image = %key, error = %e, "skipping unreadable image record"),
+                Err(e) => {
+                    tracing::warn!(image = %key, error = %e, "skipping unreadable image record")
+                }
             }
         }
         let store = Arc::new(Self {
@@ -167,7 +169,11 @@ impl ImageStore {
         });
         let c = store.gc()?;
         if c != Collected::default() {
-            tracing::info!(layers = c.layers, blobs = c.blobs, "removed unused layers and blobs");
+            tracing::info!(
+                layers = c.layers,
+                blobs = c.blobs,
+                "removed unused layers and blobs"
+            );
         }
         Ok(store)
     }
@@ -226,8 +232,14 @@ impl ImageStore {
                 keep.extend(referenced(rec));
             }
             let pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
-            keep.extend(pins.keys().map(|k| k.strip_prefix("sha256:").unwrap_or(k).to_string()));
-            for (sub, count) in [("layers", &mut collected.layers), ("blobs/sha256", &mut collected.blobs)] {
+            keep.extend(
+                pins.keys()
+                    .map(|k| k.strip_prefix("sha256:").unwrap_or(k).to_string()),
+            );
+            for (sub, count) in [
+                ("layers", &mut collected.layers),
+                ("blobs/sha256", &mut collected.blobs),
+            ] {
                 let d = self.dir.join(sub);
                 for e in std::fs::read_dir(&d).map_err(|e| Error::storage(d.display(), e))? {
                     let e = e.map_err(|e| Error::storage(d.display(), e))?;
@@ -328,7 +340,8 @@ impl ImageStore {
         }
         let tmp = self.tmp_path("blob");
         let mut f = std::fs::File::create(&tmp).map_err(|e| Error::storage("write blob", e))?;
-        f.write_all(bytes).map_err(|e| Error::storage("write blob", e))?;
+        f.write_all(bytes)
+            .map_err(|e| Error::storage("write blob", e))?;
         drop(f);
         std::fs::rename(&tmp, &path).map_err(|e| Error::storage("store blob", e))
     }
@@ -343,7 +356,8 @@ impl ImageStore {
         repo_digest: Option<String>,
     ) -> Result<Arc<ImageRecord>> {
         let dir = std::fs::File::open(&self.dir).map_err(|e| Error::storage("open store", e))?;
-        crate::unpack::syncfs(std::os::fd::AsFd::as_fd(&dir)).map_err(|e| Error::storage("syncfs", e))?;
+        crate::unpack::syncfs(std::os::fd::AsFd::as_fd(&dir))
+            .map_err(|e| Error::storage("syncfs", e))?;
         let _w = self.writer();
         let (previous, old_owner) = {
             let idx = self.index();

@@ -71,7 +71,9 @@ pub fn unpack(layer: impl Read, dir: &Path, name: &str, limits: &Limits) -> Resu
     let decoded: Box<dyn Read> = if head.starts_with(GZIP_MAGIC) {
         Box::new(flate2::read::MultiGzDecoder::new(buffered))
     } else if head.starts_with(ZSTD_MAGIC) {
-        Box::new(zstd::stream::read::Decoder::with_buffer(buffered).map_err(|e| read_error(name, e))?)
+        Box::new(
+            zstd::stream::read::Decoder::with_buffer(buffered).map_err(|e| read_error(name, e))?,
+        )
     } else {
         Box::new(buffered)
     };
@@ -113,7 +115,8 @@ pub fn unpack(layer: impl Read, dir: &Path, name: &str, limits: &Limits) -> Resu
         io::copy(&mut entry, &mut io::sink()).map_err(|e| meter.explain(name, e))?;
         meter.in_entry.set(false);
     }
-    x.finish().map_err(|e| Error::storage(format!("layer {name}"), e))?;
+    x.finish()
+        .map_err(|e| Error::storage(format!("layer {name}"), e))?;
     // Trailing blocks after the end-of-archive marker are part of the DiffID too.
     meter.in_entry.set(true);
     let mut metered = archive.into_inner();
@@ -167,7 +170,10 @@ impl<R: Read> Read for Metered<R> {
             Err(io::Error::other(what))
         };
         if self.hasher.len() > self.limits.max_layer_bytes {
-            return over(&self.meter, "uncompressed size exceeds the layer size limit");
+            return over(
+                &self.meter,
+                "uncompressed size exceeds the layer size limit",
+            );
         }
         if !self.meter.in_entry.get() {
             let between = self.meter.between.get() + n as u64;
@@ -235,12 +241,16 @@ impl Extractor {
         let Some((name, parent_comps)) = comps.split_last() else {
             // The layer root itself (`./`): only a directory makes sense here.
             if kind.is_dir() {
-                let root = sys::open_in_root(self.root(), c".", libc::O_RDONLY | libc::O_DIRECTORY)?;
+                let root =
+                    sys::open_in_root(self.root(), c".", libc::O_RDONLY | libc::O_DIRECTORY)?;
                 apply_meta(root.as_fd(), &meta)?;
                 self.dir_times.push((c".".to_owned(), meta.mtime));
                 return Ok(());
             }
-            return unsafe_entry(format!("{:?} is not a directory but names the layer root", kind));
+            return unsafe_entry(format!(
+                "{:?} is not a directory but names the layer root",
+                kind
+            ));
         };
 
         // Whiteouts.
@@ -274,7 +284,8 @@ impl Extractor {
             }
             let d = sys::open_at(parent, &cname, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
             apply_meta(d.as_fd(), &meta)?;
-            self.dir_times.push((sys::cstring(&comps.join(&b'/'))?, meta.mtime));
+            self.dir_times
+                .push((sys::cstring(&comps.join(&b'/'))?, meta.mtime));
         } else if kind.is_file() || kind == tar::EntryType::Continuous || kind.is_gnu_sparse() {
             self.clear(parent, &cname, true)?;
             let fd = sys::open_at(
@@ -293,9 +304,9 @@ impl Extractor {
             }
             apply_meta(f.as_fd(), &meta)?;
         } else if kind.is_symlink() {
-            let target = e
-                .link_name_bytes()
-                .ok_or_else(|| EntryError::Unsafe(format!("symlink {:?} has no target", show(&path))))?;
+            let target = e.link_name_bytes().ok_or_else(|| {
+                EntryError::Unsafe(format!("symlink {:?} has no target", show(&path)))
+            })?;
             if target.is_empty() || target.len() > self.limits.max_path_len {
                 return unsafe_entry(format!("symlink {:?}: bad target length", show(&path)));
             }
@@ -340,7 +351,12 @@ impl Extractor {
             let major = e.header().device_major()?.unwrap_or(0);
             let minor = e.header().device_minor()?.unwrap_or(0);
             self.clear(parent, &cname, true)?;
-            sys::mknod_at(parent, &cname, file_type | (meta.mode & 0o777), libc::makedev(major, minor))?;
+            sys::mknod_at(
+                parent,
+                &cname,
+                file_type | (meta.mode & 0o777),
+                libc::makedev(major, minor),
+            )?;
             sys::lchown_at(parent, &cname, meta.uid, meta.gid)?;
             // umask applied at mknod; the node is ours and no symlink (we just made it).
             sys::chmod_at(parent, &cname, meta.mode & 0o7777)?;
@@ -455,7 +471,8 @@ impl Extractor {
     fn finish(&mut self) -> io::Result<()> {
         for (path, mtime) in self.dir_times.iter().rev() {
             // A later entry may have replaced the directory; then there is nothing to do.
-            if let Ok(d) = sys::open_in_root(self.root(), path, libc::O_RDONLY | libc::O_DIRECTORY) {
+            if let Ok(d) = sys::open_in_root(self.root(), path, libc::O_RDONLY | libc::O_DIRECTORY)
+            {
                 sys::futimens(d.as_fd(), *mtime)?;
             }
         }

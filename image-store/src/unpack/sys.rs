@@ -87,7 +87,12 @@ pub fn link_at(from_dir: BorrowedFd, from: &CStr, to_dir: BorrowedFd, to: &CStr)
     .map(drop)
 }
 
-pub fn mknod_at(dir: BorrowedFd, name: &CStr, kind_and_mode: u32, dev: libc::dev_t) -> io::Result<()> {
+pub fn mknod_at(
+    dir: BorrowedFd,
+    name: &CStr,
+    kind_and_mode: u32,
+    dev: libc::dev_t,
+) -> io::Result<()> {
     // SAFETY: valid fd and name.
     cvt(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), kind_and_mode, dev) }).map(drop)
 }
