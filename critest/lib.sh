@@ -87,6 +87,7 @@ ct_wait_socket() { # socket pid seconds
 ct_runtime_start() { # berth|containerd [berth-binary]
     CT_RUNTIME=$1
     CT_NETNS_BEFORE=$(ip netns list 2>/dev/null | awk '{print $1}' | sort)
+    CT_CHAINS_BEFORE=$(ct_cni_chains)
     CT_BRIDGE_BEFORE=""
     local br
     br=$(ct_cni_bridge 2>/dev/null || true)
@@ -156,7 +157,13 @@ ct_berth_start() { # binary
 # but with its own socket, root, state, CNI dir and registry hosts dir.
 ct_containerd_start() {
     local d=$CT_RUN/containerd h
-    ct_apt_install containerd runc
+    if ! dpkg -s containerd >/dev/null 2>&1; then
+        ct_apt_install containerd runc
+        # Only the harness runs this containerd: the package's service stays off.
+        [[ -d /run/systemd/system ]] && systemctl stop containerd.service 2>/dev/null || true
+        systemctl disable containerd.service >/dev/null 2>&1 || true
+    fi
+    ct_apt_install runc
     ct_wipe_dir "$CT_LIB/containerd"
     ct_wipe_dir "$d"
     mkdir -p "$d/certs.d" "$CT_LIB/containerd"
@@ -255,14 +262,16 @@ ct_runtime_stop() {
     CT_RUNTIME="" CT_PID="" CT_ENDPOINT=""
 }
 
-# Network namespaces created during the run, CNI port-mapping chains whose pods are gone,
+ct_cni_chains() { iptables -w -t nat -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^CNI-DN-/ {print $2}' | sort; }
+
+# Network namespaces and CNI port-mapping chains created during the run and still there,
 # and the CNI bridge if the run created it and nothing is attached to it any more.
 ct_cleanup_network() {
     local ns br chain
     for ns in $(comm -13 <(echo "$CT_NETNS_BEFORE") <(ip netns list 2>/dev/null | awk '{print $1}' | sort)); do
         ip netns delete "$ns" 2>/dev/null && ct_log "removed leftover netns $ns"
     done
-    for chain in $(iptables -w -t nat -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^CNI-DN-/ {print $2}'); do
+    for chain in $(comm -13 <(echo "${CT_CHAINS_BEFORE:-}") <(ct_cni_chains)); do
         iptables -w -t nat -S CNI-HOSTPORT-DNAT 2>/dev/null | grep -- "-j $chain\$" |
             sed 's/^-A/-D/' | while read -r rule; do
                 # shellcheck disable=SC2086
