@@ -146,8 +146,11 @@ fn child_main(
     // If the helper is killed (timeout), the exec'd process dies with it.
     // SAFETY: plain prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    // The helper is our parent: seen as 0 from inside a PID namespace it is not part of.
+    // Anything else means it died before the death signal was armed.
     // SAFETY: getppid cannot fail.
-    if unsafe { libc::getppid() } != helper {
+    let parent = unsafe { libc::getppid() };
+    if parent != helper && parent != 0 {
         return "the exec helper exited".into();
     }
     if let Some(cg) = cgroup

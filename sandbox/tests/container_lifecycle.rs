@@ -1,0 +1,529 @@
+//! Native containers on the real kernel (run as root): a busybox rootfs on overlayfs, real
+//! namespaces, cgroups and the monitor binary. Every test cleans up through `Fixture`'s Drop.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sandbox::container::cgroup::{Cgroup, Hierarchy, Resources};
+use sandbox::container::spec::{
+    BindMount, CgroupSpec, ContainerSpec, DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS, Namespace,
+    Namespaces, Process, Propagation, Rootfs,
+};
+use sandbox::container::state::{self, ExitRecord, ProcessId};
+use sandbox::container::{self, ContainerError, ContainerState, ExecRequest, MonitorCommand, caps};
+
+fn monitor() -> MonitorCommand {
+    MonitorCommand {
+        program: env!("CARGO_BIN_EXE_berth-monitor").into(),
+        args: vec![],
+    }
+}
+
+/// A busybox image layer, a container state dir, a cgroup name; all removed on drop.
+struct Fixture {
+    tmp: tempfile::TempDir,
+    cgroup: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = tmp.path().join("layer/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+        let list = std::process::Command::new("/bin/busybox")
+            .arg("--list")
+            .output()
+            .unwrap();
+        for applet in String::from_utf8(list.stdout).unwrap().lines() {
+            if applet != "busybox" {
+                std::fs::hard_link(bin.join("busybox"), bin.join(applet)).unwrap();
+            }
+        }
+        std::fs::create_dir_all(tmp.path().join("layer/etc")).unwrap();
+        let unique = tmp.path().file_name().unwrap().to_owned();
+        Self {
+            cgroup: Path::new("berth-test").join(unique).join("ctr"),
+            tmp,
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.tmp.path().join(rel)
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.path("state")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.path("0.log")).unwrap_or_default()
+    }
+
+    fn spec(&self, args: &[&str]) -> ContainerSpec {
+        ContainerSpec {
+            rootfs: Rootfs {
+                lower: vec![self.path("layer")],
+                upper: self.path("upper"),
+                work: self.path("work"),
+                readonly: false,
+            },
+            process: Process {
+                args: args.iter().map(|s| s.to_string()).collect(),
+                env: vec!["PATH=/bin".into()],
+                cwd: "/".into(),
+                uid: 0,
+                gid: 0,
+                additional_gids: vec![],
+                rlimits: vec![],
+                no_new_privs: true,
+                capabilities: caps::DEFAULT_CAPABILITIES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+                oom_score_adj: None,
+                seccomp_default: false,
+            },
+            namespaces: Namespaces::default(),
+            hostname: None,
+            shm: None,
+            mounts: vec![],
+            masked_paths: DEFAULT_MASKED_PATHS.iter().map(PathBuf::from).collect(),
+            readonly_paths: DEFAULT_READONLY_PATHS.iter().map(PathBuf::from).collect(),
+            cgroup: Some(CgroupSpec {
+                path: self.cgroup.clone(),
+                resources: Resources::default(),
+            }),
+            log_path: self.path("0.log"),
+        }
+    }
+
+    /// create + start + wait for the exit record.
+    fn run(&self, spec: &ContainerSpec) -> ExitRecord {
+        container::create(&monitor(), spec, &self.dir()).unwrap();
+        container::start(&self.dir()).unwrap();
+        self.wait_exit()
+    }
+
+    fn wait_exit(&self) -> ExitRecord {
+        match container::wait(&self.dir(), Duration::from_secs(30)).unwrap() {
+            ContainerState::Exited(e) => e,
+            other => panic!("still {other:?}"),
+        }
+    }
+
+    /// The text of stdout records, one entry per record.
+    fn stdout(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.splitn(4, ' ');
+                let (_, stream, _, text) = (f.next()?, f.next()?, f.next()?, f.next()?);
+                (stream == "stdout").then(|| text.to_owned())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = container::remove(&self.dir());
+        let parent = self.cgroup.parent().unwrap();
+        let _ = Cgroup::at(&Hierarchy::detect(), parent).remove();
+        // Shared by concurrently running tests: the last one out removes it.
+        for dir in Cgroup::at(&Hierarchy::detect(), Path::new("berth-test")).dirs() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+fn running_pid(dir: &Path) -> i32 {
+    for _ in 0..500 {
+        if let ContainerState::Running { pid, .. } = container::state(dir).unwrap() {
+            return pid;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("container did not run");
+}
+
+#[test]
+fn echo_hello_reaches_the_cri_log() {
+    let fx = Fixture::new();
+    let exit = fx.run(&fx.spec(&["sh", "-c", "echo hello; echo oops >&2"]));
+    assert_eq!(exit.exit_code, 0);
+    assert!(!exit.oom_killed);
+    let log = fx.log();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    let hello: Vec<&str> = lines[0].splitn(4, ' ').collect();
+    assert!(hello[0].ends_with('Z') && hello[0].contains('T'), "{log}");
+    assert_eq!(&hello[1..], ["stdout", "F", "hello"]);
+    assert!(lines[1].ends_with(" stderr F oops"), "{log}");
+}
+
+#[test]
+fn lifecycle_states_and_exit_codes() {
+    let fx = Fixture::new();
+    let created =
+        container::create(&monitor(), &fx.spec(&["sh", "-c", "exit 3"]), &fx.dir()).unwrap();
+    assert_eq!(
+        container::state(&fx.dir()).unwrap(),
+        ContainerState::Created { pid: created.pid }
+    );
+    container::start(&fx.dir()).unwrap();
+    let exit = fx.wait_exit();
+    assert_eq!((exit.exit_code, exit.signal), (3, None));
+    assert!(exit.finished_at_ns > created.created_at_ns);
+    assert!(matches!(
+        container::start(&fx.dir()),
+        Err(ContainerError::NotRunning)
+    ));
+}
+
+#[test]
+fn sigkill_is_exit_137() {
+    let fx = Fixture::new();
+    container::create(&monitor(), &fx.spec(&["sleep", "100"]), &fx.dir()).unwrap();
+    container::start(&fx.dir()).unwrap();
+    running_pid(&fx.dir());
+    container::signal(&fx.dir(), libc::SIGKILL).unwrap();
+    let exit = fx.wait_exit();
+    assert_eq!((exit.exit_code, exit.signal), (137, Some(9)));
+    assert!(matches!(
+        container::signal(&fx.dir(), libc::SIGKILL),
+        Err(ContainerError::NotRunning)
+    ));
+}
+
+#[test]
+fn a_created_container_can_be_removed_without_leaks() {
+    let fx = Fixture::new();
+    container::create(&monitor(), &fx.spec(&["true"]), &fx.dir()).unwrap();
+    let cgroup = Cgroup::at(&Hierarchy::detect(), &fx.cgroup);
+    assert!(cgroup.dirs().all(Path::exists));
+    container::remove(&fx.dir()).unwrap();
+    assert!(!fx.dir().exists());
+    assert!(!fx.path("upper").exists());
+    assert!(cgroup.dirs().all(|d| !d.exists()));
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(fx.tmp.path().to_str().unwrap()));
+    container::remove(&fx.dir()).unwrap();
+}
+
+#[test]
+fn long_lines_split_and_a_trailing_fragment_is_partial() {
+    let fx = Fixture::new();
+    let script = "head -c 40000 /dev/zero | tr '\\0' a; echo; printf tail";
+    assert_eq!(fx.run(&fx.spec(&["sh", "-c", script])).exit_code, 0);
+    let log = fx.log();
+    let tags: Vec<(&str, usize)> = log
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.splitn(4, ' ').collect();
+            (f[2], f[3].len())
+        })
+        .collect();
+    assert_eq!(
+        tags,
+        [("P", 16384), ("P", 16384), ("F", 40000 - 32768), ("P", 4)]
+    );
+}
+
+#[test]
+fn reopen_log_continues_in_a_new_file() {
+    let fx = Fixture::new();
+    let shared = fx.path("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let mut spec = fx.spec(&[
+        "sh",
+        "-c",
+        "echo before; while [ ! -e /shared/go ]; do sleep 0.02; done; echo after",
+    ]);
+    spec.mounts.push(BindMount {
+        source: shared.clone(),
+        destination: "/shared".into(),
+        readonly: false,
+        propagation: Propagation::Private,
+    });
+    container::create(&monitor(), &spec, &fx.dir()).unwrap();
+    container::start(&fx.dir()).unwrap();
+    for _ in 0..500 {
+        if fx.log().contains("before") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let rotated = fx.path("0.log.1");
+    std::fs::rename(fx.path("0.log"), &rotated).unwrap();
+    container::reopen_log(&fx.dir()).unwrap();
+    std::fs::write(shared.join("go"), "").unwrap();
+    assert_eq!(fx.wait_exit().exit_code, 0);
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(
+        old.contains("stdout F before") && !old.contains("after"),
+        "{old}"
+    );
+    assert_eq!(fx.stdout(), ["after"]);
+    // Not running any more: reopening is an error, and no new file appears.
+    std::fs::remove_file(fx.path("0.log")).unwrap();
+    assert!(container::reopen_log(&fx.dir()).is_err());
+    assert!(!fx.path("0.log").exists());
+}
+
+#[test]
+fn the_monitor_outlives_its_parent_and_records_the_exit() {
+    let fx = Fixture::new();
+    let mut spec = fx.spec(&["sh", "-c", "sleep 0.3; exit 7"]);
+    spec.validate().unwrap();
+    spec.process.env.push("X=1".into());
+    // The "daemon" here is a shell that creates the container and exits at once.
+    std::fs::create_dir(fx.dir()).unwrap();
+    std::fs::create_dir(fx.dir().join(state::ROOTFS)).unwrap();
+    for layer in ["upper", "work"] {
+        std::fs::create_dir(fx.path(layer)).unwrap();
+    }
+    state::write_json(&fx.dir(), state::CONFIG, &spec).unwrap();
+    Cgroup::at(&Hierarchy::detect(), &fx.cgroup)
+        .create(&Resources::default())
+        .unwrap();
+    let daemon = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "{} create {} >/dev/null; kill -9 $$",
+            env!("CARGO_BIN_EXE_berth-monitor"),
+            fx.dir().display()
+        ))
+        .status()
+        .unwrap();
+    assert_eq!(daemon.code(), None, "the stand-in daemon was killed");
+    // The handshake went to /dev/null: wait for the process record instead.
+    for _ in 0..500 {
+        if fx.dir().join(state::PID).exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let monitor: ProcessId = state::read_json(&fx.dir(), state::MONITOR)
+        .unwrap()
+        .unwrap();
+    assert!(monitor.is_alive());
+    let status = std::fs::read_to_string(format!("/proc/{}/status", monitor.pid)).unwrap();
+    let ppid: i32 = field(&status, "PPid:").parse().unwrap();
+    assert_ne!(ppid, std::process::id() as i32);
+    let rss_kib: u64 = field(&status, "VmRSS:")
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap();
+    eprintln!(
+        "monitor VmRSS: {rss_kib} KiB (RssAnon {}, RssFile {})",
+        field(&status, "RssAnon:"),
+        field(&status, "RssFile:")
+    );
+    container::start(&fx.dir()).unwrap();
+    assert_eq!(fx.wait_exit().exit_code, 7);
+}
+
+fn field<'a>(status: &'a str, name: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap()
+        .trim()
+}
+
+#[test]
+fn oom_kill_is_recorded() {
+    let fx = Fixture::new();
+    let mut spec = fx.spec(&["dd", "if=/dev/zero", "of=/dev/null", "bs=20M"]);
+    let limits = &mut spec.cgroup.as_mut().unwrap().resources;
+    limits.memory_limit_bytes = Some(15 << 20);
+    limits.memory_swap_limit_bytes = Some(15 << 20);
+    let exit = fx.run(&spec);
+    assert_eq!((exit.exit_code, exit.oom_killed), (137, true), "{exit:?}");
+}
+
+#[test]
+fn own_pid_namespace_and_a_joined_one() {
+    let fx = Fixture::new();
+    let first = fx.spec(&["sleep", "100"]);
+    container::create(&monitor(), &first, &fx.dir()).unwrap();
+    container::start(&fx.dir()).unwrap();
+    let pid = running_pid(&fx.dir());
+
+    let other = Fixture::new();
+    let mut spec = other.spec(&["sh", "-c", "echo $$; cat /proc/1/cmdline"]);
+    spec.namespaces.pid = Namespace::Join(format!("/proc/{pid}/ns/pid").into());
+    assert_eq!(other.run(&spec).exit_code, 0);
+    let out = other.stdout();
+    assert_ne!(out[0], "1");
+    assert!(out[1].starts_with("sleep"), "{out:?}");
+
+    let own = Fixture::new();
+    assert_eq!(own.run(&own.spec(&["sh", "-c", "echo $$"])).exit_code, 0);
+    assert_eq!(own.stdout(), ["1"]);
+}
+
+#[test]
+fn hostname_cwd_and_env() {
+    let fx = Fixture::new();
+    let mut spec = fx.spec(&["sh", "-c", "hostname; pwd; echo $FOO"]);
+    spec.hostname = Some("berth-test".into());
+    spec.process.cwd = "/work/dir".into();
+    spec.process.env.push("FOO=bar baz".into());
+    assert_eq!(fx.run(&spec).exit_code, 0);
+    assert_eq!(fx.stdout(), ["berth-test", "/work/dir", "bar baz"]);
+}
+
+#[test]
+fn volumes_readonly_and_through_a_symlink() {
+    let fx = Fixture::new();
+    let data = fx.path("data");
+    std::fs::create_dir(&data).unwrap();
+    std::os::unix::fs::symlink(&data, fx.path("link")).unwrap();
+    let mut spec = fx.spec(&[
+        "sh",
+        "-c",
+        "touch /rw/made && touch /ro/x 2>/dev/null; echo ro=$?; grep ' /ro ' /proc/mounts | cut -d' ' -f4 | cut -d, -f1",
+    ]);
+    for (dest, readonly) in [("/rw", false), ("/ro", true)] {
+        spec.mounts.push(BindMount {
+            source: fx.path("link"),
+            destination: dest.into(),
+            readonly,
+            propagation: Propagation::Private,
+        });
+    }
+    assert_eq!(fx.run(&spec).exit_code, 0);
+    assert_eq!(fx.stdout(), ["ro=1", "ro"]);
+    assert!(data.join("made").exists());
+}
+
+#[test]
+fn secure_defaults_masked_paths_caps_and_fds() {
+    let fx = Fixture::new();
+    // This kernel has no /proc/kcore; /proc/timer_list and /sys/firmware are masked alike.
+    let script = "wc -c < /proc/timer_list; ls /sys/firmware | wc -l; grep ' /proc/sys ' /proc/mounts | cut -d' ' -f4 | cut -d, -f1; \
+                  grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status | tr '\\t' ' '";
+    assert_eq!(
+        fx.run(&fx.spec(&["sh", "-c", script])).exit_code,
+        0,
+        "{}",
+        fx.log()
+    );
+    assert_eq!(
+        fx.stdout(),
+        [
+            "0",
+            "0",
+            "ro",
+            "CapInh: 0000000000000000",
+            "CapPrm: 00000000a80425fb",
+            "CapEff: 00000000a80425fb",
+            "CapBnd: 00000000a80425fb",
+            "CapAmb: 0000000000000000",
+            "NoNewPrivs: 1",
+            "Seccomp: 0",
+        ]
+    );
+}
+
+#[test]
+fn runtime_default_seccomp_is_on() {
+    let fx = Fixture::new();
+    let mut spec = fx.spec(&[
+        "sh",
+        "-c",
+        "grep Seccomp: /proc/self/status | tr '\\t' ' '; unshare -m true 2>/dev/null; echo unshare=$?",
+    ]);
+    spec.process.seccomp_default = true;
+    assert_eq!(fx.run(&spec).exit_code, 0);
+    assert_eq!(fx.stdout(), ["Seccomp: 2", "unshare=1"]);
+}
+
+#[test]
+fn a_missing_executable_fails_create_with_a_clear_message() {
+    let fx = Fixture::new();
+    let err = container::create(&monitor(), &fx.spec(&["nope"]), &fx.dir()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(r#"exec: "nope": executable file not found in $PATH"#),
+        "{err}"
+    );
+    assert!(!fx.dir().exists(), "creation was undone");
+    let cgroup = Cgroup::at(&Hierarchy::detect(), &fx.cgroup);
+    assert!(cgroup.dirs().all(|d| !d.exists()));
+}
+
+#[test]
+fn exec_sync_runs_inside_and_times_out() {
+    let fx = Fixture::new();
+    let mut spec = fx.spec(&["sleep", "100"]);
+    spec.process.env.push("WHO=container".into());
+    container::create(&monitor(), &spec, &fx.dir()).unwrap();
+    container::start(&fx.dir()).unwrap();
+    running_pid(&fx.dir());
+    let run = |args: &[&str], timeout| {
+        let req = ExecRequest {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: vec!["EXTRA=1".into()],
+        };
+        container::exec_sync(&monitor(), &fx.dir(), &req, timeout)
+    };
+    let out = run(
+        &[
+            "sh",
+            "-c",
+            "echo $WHO$EXTRA; hostname >/dev/null; echo $$ >&2; exit 5",
+        ],
+        None,
+    )
+    .unwrap();
+    assert_eq!(out.exit_code, 5);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "container1\n");
+    // The exec'd shell is in the container's PID namespace (pid 1 is sleep).
+    let pid_inside: i32 = String::from_utf8_lossy(&out.stderr).trim().parse().unwrap();
+    assert!(pid_inside > 1);
+
+    let started = std::time::Instant::now();
+    let err = run(&["sleep", "30"], Some(Duration::from_secs(1))).unwrap_err();
+    assert!(matches!(err, ContainerError::ExecTimeout(_)), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(100));
+    let procs = Cgroup::at(&Hierarchy::detect(), &fx.cgroup);
+    let memory = procs
+        .dirs()
+        .find(|d| d.to_string_lossy().contains("/memory/"))
+        .unwrap()
+        .join("cgroup.procs");
+    let left = std::fs::read_to_string(memory).unwrap();
+    assert_eq!(
+        left.lines().count(),
+        1,
+        "only the container's sleep: {left}"
+    );
+
+    let err = run(&["nope"], None).unwrap_err();
+    assert!(
+        err.to_string().contains("executable file not found"),
+        "{err}"
+    );
+}
+
+#[test]
+fn only_stdio_is_open_in_the_container() {
+    let fx = Fixture::new();
+    container::create(&monitor(), &fx.spec(&["sleep", "100"]), &fx.dir()).unwrap();
+    container::start(&fx.dir()).unwrap();
+    let pid = running_pid(&fx.dir());
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    fds.sort();
+    assert_eq!(fds, ["0", "1", "2"]);
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    // The image's binary, never the monitor (CVE-2019-5736).
+    assert_eq!(exe, Path::new("/bin/sleep"));
+}
