@@ -53,6 +53,24 @@ impl From<meta_store::Error> for CriError {
     }
 }
 
+impl From<image_store::Error> for CriError {
+    fn from(e: image_store::Error) -> CriError {
+        use image_store::Error as E;
+        let msg = e.to_string();
+        match e {
+            E::InvalidReference { .. } | E::InvalidArgument(_) => CriError::InvalidArgument(msg),
+            E::NotFound(_) => CriError::NotFound(msg),
+            E::Registry(_) => CriError::Unavailable(msg),
+            E::Unauthorized(_)
+            | E::Verification(_)
+            | E::UnsafeLayer { .. }
+            | E::LimitExceeded(_)
+            | E::Unsupported(_) => CriError::FailedPrecondition(msg),
+            E::Storage(_) => CriError::Internal(msg),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +111,14 @@ mod tests {
         for (e, code) in cases {
             assert_eq!(Status::from(e).code(), code);
         }
+    }
+
+    #[test]
+    fn image_not_found_is_not_found() {
+        let e: CriError = image_store::Error::NotFound("image \"x\" not found".into()).into();
+        assert_eq!(e.code(), Code::NotFound);
+        let e: CriError = image_store::Error::Storage("disk full".into()).into();
+        assert_eq!(e.code(), Code::Internal);
     }
 
     #[test]

@@ -67,6 +67,11 @@ fn parse_log_format(s: &str) -> Result<LogFormat, String> {
 }
 
 fn main() -> ExitCode {
+    // The container monitor and exec helper (`berth __monitor ...`) are single-threaded
+    // processes that fork containers: they must run before any runtime, thread or logger.
+    if std::env::args_os().nth(1).as_deref() == Some("__monitor".as_ref()) {
+        std::process::exit(sandbox::monitor::main(std::env::args_os().skip(2).collect()));
+    }
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

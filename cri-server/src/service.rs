@@ -8,6 +8,7 @@ use std::sync::Arc;
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_server::ImageService;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
+use image_store::ImageStore;
 use meta_store::MetaStore;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -21,14 +22,24 @@ use crate::{image, runtime};
 pub struct CriService {
     pub config: Arc<Config>,
     pub meta: Arc<MetaStore>,
+    /// Images: pulls, the content store, the in-memory image index.
+    pub images: Arc<ImageStore>,
 }
 
 impl CriService {
     /// Builds the daemon's state from the effective config and the opened metadata store.
     pub fn new(config: Config, meta: MetaStore) -> anyhow::Result<Self> {
+        let meta = Arc::new(meta);
+        let images = ImageStore::open(
+            &config.root_dir.join("images"),
+            meta.clone(),
+            config.registry.clone(),
+            image_store::Limits::default(),
+        )?;
         Ok(Self {
             config: Arc::new(config),
-            meta: Arc::new(meta),
+            meta,
+            images,
         })
     }
 }
