@@ -5,10 +5,10 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use image_store::ImageStore;
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_server::ImageService;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
-use image_store::ImageStore;
 use meta_store::MetaStore;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};

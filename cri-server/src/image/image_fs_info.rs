@@ -1,13 +1,40 @@
-//! ImageFsInfo.
+//! ImageFsInfo: the image store's own directory and what it uses; the kubelet measures
+//! capacity itself on `fs_id.mountpoint`.
 
-use k8s_cri::v1::{ImageFsInfoRequest, ImageFsInfoResponse};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use k8s_cri::v1::{
+    FilesystemIdentifier, FilesystemUsage, ImageFsInfoRequest, ImageFsInfoResponse, UInt64Value,
+};
 
 use crate::error::{CriError, CriResult};
 use crate::service::CriService;
 
 pub async fn image_fs_info(
-    _svc: &CriService,
+    svc: &CriService,
     _req: ImageFsInfoRequest,
 ) -> CriResult<ImageFsInfoResponse> {
-    Err(CriError::Unimplemented("ImageFsInfo"))
+    let images = svc.images.clone();
+    let usage = tokio::task::spawn_blocking(move || images.fs_usage())
+        .await
+        .map_err(|e| CriError::Internal(format!("ImageFsInfo: {e}")))??;
+    let timestamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or_default();
+    Ok(ImageFsInfoResponse {
+        image_filesystems: vec![FilesystemUsage {
+            timestamp,
+            fs_id: Some(FilesystemIdentifier {
+                mountpoint: usage.mountpoint.display().to_string(),
+            }),
+            used_bytes: Some(UInt64Value {
+                value: usage.used_bytes,
+            }),
+            inodes_used: Some(UInt64Value {
+                value: usage.inodes_used,
+            }),
+        }],
+        container_filesystems: Vec::new(),
+    })
 }

@@ -1,13 +1,26 @@
-//! ListImages.
+//! ListImages: served from the store's in-memory index.
 
 use k8s_cri::v1::{ListImagesRequest, ListImagesResponse};
 
-use crate::error::{CriError, CriResult};
+use super::{cri_image, spec_ref};
+use crate::error::CriResult;
 use crate::service::CriService;
 
 pub async fn list_images(
-    _svc: &CriService,
-    _req: ListImagesRequest,
+    svc: &CriService,
+    req: ListImagesRequest,
 ) -> CriResult<ListImagesResponse> {
-    Err(CriError::Unimplemented("ListImages"))
+    let wanted = req
+        .filter
+        .as_ref()
+        .map(|f| spec_ref(&f.image))
+        .unwrap_or_default();
+    let images = if wanted.is_empty() {
+        svc.images.list()
+    } else {
+        svc.images.get(wanted).into_iter().collect()
+    };
+    Ok(ListImagesResponse {
+        images: images.iter().map(|r| cri_image(r)).collect(),
+    })
 }

@@ -1,13 +1,26 @@
-//! RemoveImage.
+//! RemoveImage: like containerd, removes the image whatever reference names it, with all
+//! its tags; an unknown image is not an error. Unused layers and blobs go with it.
 
 use k8s_cri::v1::{RemoveImageRequest, RemoveImageResponse};
 
+use super::spec_ref;
 use crate::error::{CriError, CriResult};
 use crate::service::CriService;
 
 pub async fn remove_image(
-    _svc: &CriService,
-    _req: RemoveImageRequest,
+    svc: &CriService,
+    req: RemoveImageRequest,
 ) -> CriResult<RemoveImageResponse> {
-    Err(CriError::Unimplemented("RemoveImage"))
+    let reference = spec_ref(&req.image).to_string();
+    if reference.is_empty() {
+        return Err(CriError::InvalidArgument(
+            "RemoveImage: image is empty".into(),
+        ));
+    }
+    let images = svc.images.clone();
+    // Deleting unpacked layers walks directories: keep it off the async workers.
+    tokio::task::spawn_blocking(move || images.remove(&reference))
+        .await
+        .map_err(|e| CriError::Internal(format!("RemoveImage: {e}")))??;
+    Ok(RemoveImageResponse {})
 }
