@@ -527,3 +527,84 @@ fn only_stdio_is_open_in_the_container() {
     // The image's binary, never the monitor (CVE-2019-5736).
     assert_eq!(exe, Path::new("/bin/sleep"));
 }
+
+/// A shared tmpfs on the host (this host's / is private), unmounted recursively on drop.
+struct SharedMount(PathBuf);
+
+impl SharedMount {
+    fn new(path: PathBuf) -> Self {
+        std::fs::create_dir_all(&path).unwrap();
+        let guard = Self(path);
+        sh(&format!(
+            "mount -t tmpfs prop {0} && mount --make-shared {0}",
+            guard.0.display()
+        ));
+        guard
+    }
+}
+
+impl Drop for SharedMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .args(["-R", "-l"])
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn sh(script: &str) {
+    let status = std::process::Command::new("/bin/sh")
+        .args(["-c", script])
+        .status()
+        .unwrap();
+    assert!(status.success(), "{script}");
+}
+
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn mount_propagation_private_rslave_and_rshared() {
+    let fx = Fixture::new();
+    let shared = SharedMount::new(fx.path("prop"));
+    let script = "while [ ! -e /private/go ]; do sleep 0.02; done; \
+                  grep -c ' /private/sub ' /proc/mounts; grep -c ' /slave/sub ' /proc/mounts; \
+                  mount -t tmpfs inner /shared/inner && echo mounted";
+    let mut spec = fx.spec(&["sh", "-c", script]);
+    // Mounting from inside needs what a privileged container has.
+    spec.process.capabilities = vec!["ALL".into()];
+    for (dest, propagation) in [
+        ("/private", Propagation::Private),
+        ("/slave", Propagation::HostToContainer),
+        ("/shared", Propagation::Bidirectional),
+    ] {
+        spec.mounts.push(BindMount {
+            source: shared.0.clone(),
+            destination: dest.into(),
+            readonly: false,
+            propagation,
+        });
+    }
+    std::fs::create_dir(shared.0.join("inner")).unwrap();
+    std::fs::create_dir(shared.0.join("sub")).unwrap();
+    container::create(&monitor(), &spec, &fx.dir()).unwrap();
+    container::start(&fx.dir()).unwrap();
+    running_pid(&fx.dir());
+    // Host → container.
+    sh(&format!("mount -t tmpfs sub {}/sub", shared.0.display()));
+    std::fs::write(shared.0.join("go"), "").unwrap();
+    assert_eq!(fx.wait_exit().exit_code, 0, "{}", fx.log());
+    assert_eq!(fx.stdout(), ["0", "1", "mounted"]);
+    // Container → host, through the rshared volume only.
+    let inner = format!(" {}/inner ", shared.0.display());
+    let host_mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(host_mounts.contains(&inner), "{host_mounts}");
+    wait_for("nothing", || true);
+}

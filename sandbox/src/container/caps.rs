@@ -47,6 +47,9 @@ const NAMES: &[&str] = &[
     "CHECKPOINT_RESTORE",
 ];
 
+/// Every capability the kernel knows, by name (what `ALL` and privileged mean).
+pub const ALL_CAPABILITIES: &[&str] = NAMES;
+
 /// containerd's default set (`pkg/oci/spec.go`).
 pub const DEFAULT_CAPABILITIES: &[&str] = &[
     "CHOWN",
@@ -120,23 +123,42 @@ pub fn drop_bounding(caps: CapSet) -> std::io::Result<()> {
     Ok(())
 }
 
+#[repr(C)]
+struct Header {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Data {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const VERSION_3: u32 = 0x2008_0522;
+
+/// The calling process's permitted set.
+fn permitted() -> std::io::Result<u64> {
+    let header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: header and room for two data words as capget(2) v3 expects.
+    if unsafe { libc::syscall(libc::SYS_capget, &header, data.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(u64::from(data[0].permitted) | (u64::from(data[1].permitted) << 32))
+}
+
 /// Sets effective = permitted = `caps`, inheritable and ambient empty (CVE-2022-27652).
-/// A non-root process loses them at execve anyway, as on any Linux host.
+/// Capabilities the runtime itself lacks (e.g. SYS_RESOURCE on some hosts) cannot be
+/// granted and are left out. A non-root process loses them at execve anyway, as on any
+/// Linux host.
 pub fn apply(caps: CapSet) -> std::io::Result<()> {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const VERSION_3: u32 = 0x2008_0522;
-    let known = caps.0 & ((1u64 << (last_cap() + 1)) - 1);
+    let known = caps.0 & ((1u64 << (last_cap() + 1)) - 1) & permitted()?;
     let header = Header {
         version: VERSION_3,
         pid: 0,

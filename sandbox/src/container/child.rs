@@ -77,21 +77,13 @@ pub(crate) fn setup_container(
     enter_namespaces(spec)?;
 
     let binds = open_bind_sources(spec)?;
-    let bidirectional = spec
-        .mounts
-        .iter()
-        .any(|m| m.propagation == Propagation::Bidirectional);
-    let root_propagation = if bidirectional {
-        MsFlags::MS_SHARED
-    } else {
-        MsFlags::MS_SLAVE
-    };
-    // Our mounts must not leak to the host (and the host's must keep reaching us).
+    // Our mounts must not leak to the host, and pivot_root refuses shared mounts. Volumes
+    // that propagate (rslave/rshared) were cloned above while still peers of the host's.
     mount(
         None::<&str>,
         "/",
         None::<&str>,
-        MsFlags::MS_REC | root_propagation,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
         None::<&str>,
     )
     .context(|| "making / a slave mount".into())?;
