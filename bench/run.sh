@@ -30,6 +30,7 @@ cleanup() {
     trap - EXIT INT TERM
     ct_runtime_stop || true
     ct_cleanup_host || true
+    ct_registry_release || true
     exit "$rc"
 }
 trap cleanup EXIT

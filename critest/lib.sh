@@ -7,6 +7,7 @@
 #   ct_runtime_start berth|containerd   sets CT_ENDPOINT (unix://...)
 #   ct_runtime_stop                removes pods, stops the runtime, cleans its state
 #   ct_host_snapshot / ct_cleanup_host   undo what critest specs leak on the host
+#   ct_registry_release            stop the registries if ct_prepare started them
 #
 # Paths (all private to the harness, so nothing clashes with a berth or containerd that
 # runs on the host for other reasons):
@@ -28,6 +29,7 @@ CT_PID=""
 CT_ENDPOINT=""
 CT_NETNS_BEFORE=""
 CT_BRIDGE_BEFORE=""
+CT_REGISTRY_STARTED=0
 export PATH=$PATH:/usr/local/go/bin:/usr/local/bin:/usr/sbin:/sbin
 
 ct_log() { echo "critest: $*" >&2; }
@@ -45,6 +47,7 @@ ct_apt_install() {
 ct_prepare() {
     ct_apt_install containernetworking-plugins iptables util-linux iproute2 curl jq python3
     "$CT_HERE/install-tools.sh"
+    [[ $("$CT_HERE/registry.sh" status) == *'5000 up'* ]] || CT_REGISTRY_STARTED=1
     "$CT_HERE/registry.sh" start
     ct_cni_install
     mkdir -p "$CT_LOGS"
@@ -289,6 +292,14 @@ ct_cleanup_network() {
 
 # What critest specs leave on the host: self bind mounts under /tmp/test*, SysV shm
 # segments from ipcmk, /tmp/podLogTest*, /tmp/cri-test*, /tmp/test* and /tmp/apparmor* dirs.
+# Stops the local registries if ct_prepare started them (BERTH_KEEP_REGISTRY=1 keeps them).
+ct_registry_release() {
+    if [[ $CT_REGISTRY_STARTED == 1 && ${BERTH_KEEP_REGISTRY:-0} != 1 ]]; then
+        "$CT_HERE/registry.sh" stop
+        CT_REGISTRY_STARTED=0
+    fi
+}
+
 ct_host_snapshot() {
     CT_TMP_BEFORE=$(ls -d /tmp/test* /tmp/podLogTest* /tmp/cri-test* /tmp/apparmor* 2>/dev/null | sort || true)
     CT_SHM_BEFORE=$(awk 'NR > 1 {print $2}' /proc/sysvipc/shm | sort)
