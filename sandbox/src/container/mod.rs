@@ -20,6 +20,7 @@ pub mod state;
 
 use std::ffi::OsString;
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -164,16 +165,23 @@ fn spawn_monitor(monitor: &MonitorCommand, dir: &Path) -> Result<i32, ContainerE
             "starting the monitor {:?}",
             monitor.program
         )))?;
-    let mut out = String::new();
-    let mut err = String::new();
+    let _ = child.wait();
     // EOF arrives when the detached monitor has answered and let go of the pipes.
-    if let Some(mut stdout) = child.stdout.take() {
-        let _ = stdout.read_to_string(&mut out);
-    }
+    let out = match child.stdout.take() {
+        Some(stdout) => read_until_eof(stdout, HANDSHAKE_TIMEOUT),
+        None => None,
+    };
+    let Some(out) = out else {
+        kill_recorded(dir, state::PID);
+        kill_recorded(dir, state::MONITOR);
+        return Err(ContainerError::Monitor(format!(
+            "no answer within {HANDSHAKE_TIMEOUT:?}"
+        )));
+    };
+    let mut err = String::new();
     if let Some(mut stderr) = child.stderr.take() {
         let _ = stderr.read_to_string(&mut err);
     }
-    let _ = child.wait();
     let line = out.lines().next().unwrap_or_default();
     if let Some(pid) = line.strip_prefix("ok ") {
         return pid
@@ -188,6 +196,48 @@ fn spawn_monitor(monitor: &MonitorCommand, dir: &Path) -> Result<i32, ContainerE
         "no handshake (stdout {out:?}, stderr {:?})",
         err.trim()
     )))
+}
+
+/// How long container setup (namespaces, mounts, cgroup) may take before create gives up.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Reads `pipe` to EOF; `None` when `timeout` passes first.
+fn read_until_eof(mut pipe: impl Read + AsRawFd, timeout: Duration) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let mut pfd = libc::pollfd {
+            fd: pipe.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        if n == 0 {
+            continue;
+        }
+        match pipe.read(&mut buf) {
+            Ok(0) => return Some(String::from_utf8_lossy(&out).into_owned()),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Some(String::from_utf8_lossy(&out).into_owned()),
+        }
+    }
+}
+
+/// SIGKILLs the process recorded in `file`, if it is still that process.
+fn kill_recorded(dir: &Path, file: &str) {
+    if let Ok(Some(p)) = state::read_json::<ProcessId>(dir, file)
+        && p.is_alive()
+    {
+        // SAFETY: kill with a pid whose identity was just checked.
+        unsafe { libc::kill(p.pid, libc::SIGKILL) };
+    }
 }
 
 /// One request on the monitor's control socket.
@@ -232,7 +282,6 @@ fn connect(path: &Path) -> io::Result<UnixStream> {
     }
     let parent = std::fs::File::open(path.parent().unwrap_or(Path::new("/")))?;
     let name = path.file_name().unwrap_or_default();
-    use std::os::fd::AsRawFd;
     UnixStream::connect(Path::new(&format!("/proc/self/fd/{}", parent.as_raw_fd())).join(name))
 }
 
@@ -271,7 +320,6 @@ pub fn signal(dir: &Path, signal: i32) -> Result<(), ContainerError> {
     if !target.is_alive() {
         return Err(ContainerError::NotRunning);
     }
-    use std::os::fd::AsRawFd;
     // SAFETY: plain syscall on a pidfd we own.
     let rc = unsafe {
         libc::syscall(

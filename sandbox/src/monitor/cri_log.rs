@@ -165,13 +165,22 @@ impl LogFile {
     }
 }
 
+/// Opens for appending without following a symlink, and without blocking on (or writing
+/// into) a FIFO or device planted at the path.
 fn open_log(path: &Path) -> io::Result<File> {
-    std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o640)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the log path is not a regular file",
+        ));
+    }
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -265,5 +274,8 @@ mod tests {
         let link = dir.path().join("0.log");
         std::os::unix::fs::symlink(&target, &link).unwrap();
         assert!(LogFile::open(&link).is_err());
+        let fifo = dir.path().join("1.log");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(LogFile::open(&fifo).is_err());
     }
 }
