@@ -95,6 +95,7 @@ impl Fixture {
                 resources: Resources::default(),
             }),
             log_path: self.path("0.log"),
+            privileged: false,
         }
     }
 
@@ -607,4 +608,70 @@ fn mount_propagation_private_rslave_and_rshared() {
     let host_mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(host_mounts.contains(&inner), "{host_mounts}");
     wait_for("nothing", || true);
+}
+
+#[test]
+fn readonly_rootfs_keeps_volumes_and_shm_writable() {
+    let fx = Fixture::new();
+    let data = fx.path("data");
+    std::fs::create_dir(&data).unwrap();
+    let mut spec = fx.spec(&[
+        "sh",
+        "-c",
+        "touch /x 2>/dev/null; echo root=$?; touch /dev/shm/x /data/x && echo writable",
+    ]);
+    spec.rootfs.readonly = true;
+    spec.mounts.push(BindMount {
+        source: data.clone(),
+        destination: "/data".into(),
+        readonly: false,
+        propagation: Propagation::Private,
+    });
+    assert_eq!(fx.run(&spec).exit_code, 0, "{}", fx.log());
+    assert_eq!(fx.stdout(), ["root=1", "writable"]);
+}
+
+#[test]
+fn privileged_sees_host_devices_and_a_writable_sys() {
+    let fx = Fixture::new();
+    let host_dev = std::fs::read_dir("/dev")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| {
+            e.file_type().is_ok_and(|t| {
+                use std::os::unix::fs::FileTypeExt;
+                t.is_block_device()
+            })
+        })
+        .map(|e| e.path())
+        .unwrap();
+    let script = format!(
+        "test -b {} && echo device; grep ' /sys ' /proc/mounts | cut -d' ' -f4 | cut -d, -f1",
+        host_dev.display()
+    );
+    let mut spec = fx.spec(&["sh", "-c", &script]);
+    spec.privileged = true;
+    spec.process.capabilities = vec!["ALL".into()];
+    spec.masked_paths.clear();
+    spec.readonly_paths.clear();
+    assert_eq!(fx.run(&spec).exit_code, 0, "{}", fx.log());
+    assert_eq!(fx.stdout(), ["device", "rw"]);
+}
+
+#[test]
+fn runs_as_a_non_root_user_without_effective_capabilities() {
+    let fx = Fixture::new();
+    let mut spec = fx.spec(&[
+        "sh",
+        "-c",
+        "id -u; id -g; id -G; grep CapEff /proc/self/status | tr '\\t' ' '",
+    ]);
+    spec.process.uid = 1000;
+    spec.process.gid = 1001;
+    spec.process.additional_gids = vec![2000, 2001];
+    assert_eq!(fx.run(&spec).exit_code, 0, "{}", fx.log());
+    assert_eq!(
+        fx.stdout(),
+        ["1000", "1001", "1001 2000 2001", "CapEff: 0000000000000000"]
+    );
 }

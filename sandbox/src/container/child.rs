@@ -91,7 +91,7 @@ pub(crate) fn setup_container(
     mount_overlay(spec, &rootfs)?;
     pivot_into(&rootfs)?;
 
-    mount_system(spec, binds.shm)?;
+    mount_system(binds.host_dev, binds.shm)?;
     for (m, fd) in spec.mounts.iter().zip(binds.volumes) {
         attach_bind(m, &fd)?;
     }
@@ -142,6 +142,8 @@ fn enter_namespaces(spec: &ContainerSpec) -> SetupResult<()> {
 }
 
 struct BindSources {
+    /// The host's /dev, for privileged containers.
+    host_dev: Option<OwnedFd>,
     shm: Option<OwnedFd>,
     volumes: Vec<OwnedFd>,
 }
@@ -160,7 +162,16 @@ fn open_bind_sources(spec: &ContainerSpec) -> SetupResult<BindSources> {
         .iter()
         .map(|m| clone_tree(&m.source, true))
         .collect::<SetupResult<_>>()?;
-    Ok(BindSources { shm, volumes })
+    let host_dev = if spec.privileged {
+        Some(clone_tree(Path::new("/dev"), true)?)
+    } else {
+        None
+    };
+    Ok(BindSources {
+        host_dev,
+        shm,
+        volumes,
+    })
 }
 
 const OPEN_TREE_CLONE: libc::c_uint = 1;
@@ -261,10 +272,49 @@ fn mount_at(
         .context(|| format!("mounting {fstype} on {target}"))
 }
 
-fn mount_system(spec: &ContainerSpec, shm: Option<OwnedFd>) -> SetupResult<()> {
+fn mount_system(host_dev: Option<OwnedFd>, shm: Option<OwnedFd>) -> SetupResult<()> {
     let secure = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount_at("proc", "/proc", "proc", secure, None)?;
-    mount_at("sysfs", "/sys", "sysfs", secure | MsFlags::MS_RDONLY, None)?;
+    let sys_flags = if host_dev.is_some() {
+        secure
+    } else {
+        secure | MsFlags::MS_RDONLY
+    };
+    mount_at("sysfs", "/sys", "sysfs", sys_flags, None)?;
+    match host_dev {
+        Some(fd) => {
+            std::fs::create_dir_all("/dev").context(|| "creating /dev".into())?;
+            move_tree(&fd, Path::new("/dev")).context(|| "binding the host's /dev".into())?;
+        }
+        None => populate_dev()?,
+    }
+    mount_at(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )?;
+    match shm {
+        Some(fd) => {
+            std::fs::create_dir_all("/dev/shm").context(|| "creating /dev/shm".into())?;
+            move_tree(&fd, Path::new("/dev/shm"))
+                .context(|| "binding the pod's /dev/shm".into())?;
+        }
+        None => mount_at(
+            "shm",
+            "/dev/shm",
+            "tmpfs",
+            secure,
+            Some("mode=1777,size=65536k"),
+        )?,
+    }
+    mount_at("mqueue", "/dev/mqueue", "mqueue", secure, None)?;
+    Ok(())
+}
+
+/// A minimal /dev: a tmpfs with the standard character devices and links.
+fn populate_dev() -> SetupResult<()> {
     mount_at(
         "tmpfs",
         "/dev",
@@ -302,29 +352,6 @@ fn mount_system(spec: &ContainerSpec, shm: Option<OwnedFd>) -> SetupResult<()> {
     ] {
         std::os::unix::fs::symlink(target, link).context(|| format!("symlink {link}"))?;
     }
-    mount_at(
-        "devpts",
-        "/dev/pts",
-        "devpts",
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
-    )?;
-    match shm {
-        Some(fd) => {
-            std::fs::create_dir_all("/dev/shm").context(|| "creating /dev/shm".into())?;
-            move_tree(&fd, Path::new("/dev/shm"))
-                .context(|| "binding the pod's /dev/shm".into())?;
-        }
-        None => mount_at(
-            "shm",
-            "/dev/shm",
-            "tmpfs",
-            secure,
-            Some("mode=1777,size=65536k"),
-        )?,
-    }
-    mount_at("mqueue", "/dev/mqueue", "mqueue", secure, None)?;
-    let _ = spec;
     Ok(())
 }
 

@@ -31,6 +31,10 @@ pub struct ContainerSpec {
     pub cgroup: Option<CgroupSpec>,
     /// Path of the CRI log file the monitor writes.
     pub log_path: PathBuf,
+    /// A privileged container sees the host's devices and a writable /sys. Capabilities,
+    /// seccomp and masked paths are set by the caller as for any container.
+    #[serde(default)]
+    pub privileged: bool,
 }
 
 /// An overlay of read-only image layers under a per-container writable layer.
@@ -313,6 +317,7 @@ mod tests {
             readonly_paths: vec![],
             cgroup: None,
             log_path: "/logs/0.log".into(),
+            privileged: false,
         }
     }
 

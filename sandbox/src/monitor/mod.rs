@@ -128,8 +128,15 @@ impl Monitor {
         let (err_r, err_w) = pipe()?;
         let control_path = dir.join(state::CONTROL);
         let _ = std::fs::remove_file(&control_path);
-        let control = UnixListener::bind(&control_path)
-            .map_err(|e| format!("control socket {control_path:?}: {e}"))?;
+        // Bound through the directory's fd, so a state dir deeper than sun_path allows works.
+        let dir_fd = std::fs::File::open(dir).map_err(|e| format!("opening {dir:?}: {e}"))?;
+        let control = UnixListener::bind(format!(
+            "/proc/self/fd/{}/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&dir_fd),
+            state::CONTROL
+        ))
+        .map_err(|e| format!("control socket {control_path:?}: {e}"))?;
+        drop(dir_fd);
         control.set_nonblocking(true).map_err(|e| e.to_string())?;
         let (mut sync, child_sync) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
         let cgroup = spec
