@@ -241,6 +241,21 @@ ct_kill_pid() { # pid [seconds]
     kill -KILL "$pid" 2>/dev/null || true
 }
 
+# Container processes that outlived their runtime: their root directory is below one of
+# the runtime's own dirs.
+ct_kill_rooted_under() {
+    local p root d n=0
+    for p in /proc/[0-9]*; do
+        root=$(readlink "$p/root" 2>/dev/null) || continue
+        for d in "$@"; do
+            if [[ $root == "$d"/* ]]; then
+                kill -KILL "${p#/proc/}" 2>/dev/null && n=$((n + 1))
+            fi
+        done
+    done
+    ((n == 0)) || ct_log "killed $n container process(es) left running"
+}
+
 ct_runtime_stop() {
     [[ -n $CT_RUNTIME ]] || return 0
     local rt=$CT_RUNTIME
@@ -256,6 +271,7 @@ ct_runtime_stop() {
         ct_wipe_dir "$CT_LIB/containerd"
         ct_wipe_dir "$CT_RUN/containerd"
     else
+        ct_kill_rooted_under "$CT_LIB/berth" "$CT_RUN/berth-state"
         ct_wipe_dir "$CT_LIB/berth"
         ct_wipe_dir "$CT_RUN/berth-state"
         rm -f "$CT_RUN/berth.sock" "$CT_RUN/berth.pid"

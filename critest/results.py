@@ -197,7 +197,7 @@ def write_results_md():
         lines.append(row(name, groups))
         for rt in RUNTIMES:
             total[rt] += groups.get(rt, [])
-    lines.append(row("**Total**", total).replace("| **Total** |", "| **Total** |"))
+    lines.append(row("**Total**", total))
     if selinux:
         lines.append(row(selinux[0], selinux[1]))
     lines.append("")
