@@ -53,6 +53,24 @@ impl From<meta_store::Error> for CriError {
     }
 }
 
+impl From<sandbox::pod::PodError> for CriError {
+    fn from(e: sandbox::pod::PodError) -> CriError {
+        use sandbox::pod::PodError as E;
+        use sandbox::pod::namespaces::NamespaceError;
+        match e {
+            E::NotFound(_) => CriError::NotFound(e.to_string()),
+            E::InvalidArgument(_) | E::Namespaces(NamespaceError::Sysctl(_)) => {
+                CriError::InvalidArgument(e.to_string())
+            }
+            E::AlreadyExists(_) => CriError::AlreadyExists(e.to_string()),
+            E::NetworkNotReady(_) => CriError::FailedPrecondition(e.to_string()),
+            E::Cni(_) | E::Namespaces(_) | E::Io { .. } | E::Store(_) => {
+                CriError::Internal(e.to_string())
+            }
+        }
+    }
+}
+
 impl From<image_store::Error> for CriError {
     fn from(e: image_store::Error) -> CriError {
         use image_store::Error as E;
@@ -67,6 +85,19 @@ impl From<image_store::Error> for CriError {
             | E::LimitExceeded(_)
             | E::Unsupported(_) => CriError::FailedPrecondition(msg),
             E::Storage(_) => CriError::Internal(msg),
+        }
+    }
+}
+
+impl From<sandbox::container::ContainerError> for CriError {
+    fn from(e: sandbox::container::ContainerError) -> CriError {
+        use sandbox::container::ContainerError as E;
+        match e {
+            E::Spec(_) => CriError::InvalidArgument(e.to_string()),
+            E::NotFound(_) => CriError::NotFound(e.to_string()),
+            E::NotRunning => CriError::FailedPrecondition(e.to_string()),
+            E::ExecTimeout(_) => CriError::DeadlineExceeded(e.to_string()),
+            _ => CriError::Internal(e.to_string()),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod config;
+pub mod containers;
 pub mod error;
 pub mod image;
 pub mod logging;

@@ -72,6 +72,10 @@ fn main() -> ExitCode {
     if std::env::args_os().nth(1).as_deref() == Some("__monitor".as_ref()) {
         std::process::exit(sandbox::monitor::main(std::env::args_os().skip(2).collect()));
     }
+    // The pod init is this binary too (run from a sealed copy); same rule.
+    if std::env::args_os().nth(1).as_deref() == Some(sandbox::pod::init::POD_INIT_ARG.as_ref()) {
+        sandbox::pod::init::pod_init_main();
+    }
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

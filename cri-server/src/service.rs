@@ -2,7 +2,6 @@
 //! each RPC to its handler (one file per RPC under `runtime/` and `image/`). Every RPC
 //! passes through `respond`, so errors are mapped and logged in one place.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use image_store::ImageStore;
@@ -10,10 +9,11 @@ use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_server::ImageService;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
 use meta_store::MetaStore;
-use tokio_stream::Stream;
+use sandbox::pod::{PodManager, PodManagerConfig};
 use tonic::{Request, Response, Status};
 
 use crate::config::Config;
+use crate::containers::Containers;
 use crate::error::{CriError, CriResult};
 use crate::{image, runtime};
 
@@ -24,6 +24,10 @@ pub struct CriService {
     pub meta: Arc<MetaStore>,
     /// Images: pulls, the content store, the in-memory image index.
     pub images: Arc<ImageStore>,
+    /// Pod sandboxes.
+    pub pods: Arc<PodManager>,
+    /// Containers: records, lifecycle, events.
+    pub containers: Arc<Containers>,
 }
 
 impl CriService {
@@ -36,10 +40,22 @@ impl CriService {
             config.registry.clone(),
             image_store::Limits::default(),
         )?;
+        let pods = PodManager::new(
+            PodManagerConfig {
+                state_dir: config.state_dir.clone(),
+                cni_conf_dir: config.cni.conf_dir.clone(),
+                cni_bin_dirs: config.cni.bin_dirs.clone(),
+                cni_cache_dir: config.root_dir.join("cni-results"),
+            },
+            meta.clone(),
+        )?;
+        let containers = Containers::open(meta.clone(), &config.state_dir, &config.root_dir)?;
         Ok(Self {
             config: Arc::new(config),
             meta,
             images,
+            pods: Arc::new(pods),
+            containers: Arc::new(containers),
         })
     }
 }
@@ -63,8 +79,6 @@ fn respond<T>(rpc: &'static str, result: CriResult<T>) -> Result<Response<T>, St
 fn not_yet<T>(rpc: &'static str) -> Result<Response<T>, Status> {
     respond(rpc, Err(CriError::Unimplemented(rpc)))
 }
-
-type EventStream = Pin<Box<dyn Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl RuntimeService for CriService {
@@ -127,44 +141,62 @@ impl RuntimeService for CriService {
 
     async fn create_container(
         &self,
-        _r: Request<cri::CreateContainerRequest>,
+        r: Request<cri::CreateContainerRequest>,
     ) -> Result<Response<cri::CreateContainerResponse>, Status> {
-        not_yet("CreateContainer")
+        respond(
+            "CreateContainer",
+            runtime::container_create::create_container(self, r.into_inner()).await,
+        )
     }
 
     async fn start_container(
         &self,
-        _r: Request<cri::StartContainerRequest>,
+        r: Request<cri::StartContainerRequest>,
     ) -> Result<Response<cri::StartContainerResponse>, Status> {
-        not_yet("StartContainer")
+        respond(
+            "StartContainer",
+            runtime::container_start::start_container(self, r.into_inner()).await,
+        )
     }
 
     async fn stop_container(
         &self,
-        _r: Request<cri::StopContainerRequest>,
+        r: Request<cri::StopContainerRequest>,
     ) -> Result<Response<cri::StopContainerResponse>, Status> {
-        not_yet("StopContainer")
+        respond(
+            "StopContainer",
+            runtime::container_stop::stop_container(self, r.into_inner()).await,
+        )
     }
 
     async fn remove_container(
         &self,
-        _r: Request<cri::RemoveContainerRequest>,
+        r: Request<cri::RemoveContainerRequest>,
     ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
-        not_yet("RemoveContainer")
+        respond(
+            "RemoveContainer",
+            runtime::container_remove::remove_container(self, r.into_inner()).await,
+        )
     }
 
     async fn list_containers(
         &self,
-        _r: Request<cri::ListContainersRequest>,
+        r: Request<cri::ListContainersRequest>,
     ) -> Result<Response<cri::ListContainersResponse>, Status> {
-        not_yet("ListContainers")
+        respond(
+            "ListContainers",
+            runtime::container_list::list_containers(self, r.into_inner()).await,
+        )
     }
 
     async fn container_status(
         &self,
-        _r: Request<cri::ContainerStatusRequest>,
+        r: Request<cri::ContainerStatusRequest>,
     ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
-        not_yet("ContainerStatus")
+        respond(
+            "ContainerStatus",
+            runtime::container_status::container_status(self, r.into_inner()).await,
+        )
     }
 
     async fn update_container_resources(
@@ -176,16 +208,22 @@ impl RuntimeService for CriService {
 
     async fn reopen_container_log(
         &self,
-        _r: Request<cri::ReopenContainerLogRequest>,
+        r: Request<cri::ReopenContainerLogRequest>,
     ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
-        not_yet("ReopenContainerLog")
+        respond(
+            "ReopenContainerLog",
+            runtime::reopen_container_log::reopen_container_log(self, r.into_inner()).await,
+        )
     }
 
     async fn exec_sync(
         &self,
-        _r: Request<cri::ExecSyncRequest>,
+        r: Request<cri::ExecSyncRequest>,
     ) -> Result<Response<cri::ExecSyncResponse>, Status> {
-        not_yet("ExecSync")
+        respond(
+            "ExecSync",
+            runtime::exec_sync::exec_sync(self, r.into_inner()).await,
+        )
     }
 
     async fn exec(
@@ -258,13 +296,16 @@ impl RuntimeService for CriService {
         not_yet("CheckpointContainer")
     }
 
-    type GetContainerEventsStream = EventStream;
+    type GetContainerEventsStream = runtime::container_events::EventStream;
 
     async fn get_container_events(
         &self,
-        _r: Request<cri::GetEventsRequest>,
+        r: Request<cri::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        not_yet("GetContainerEvents")
+        respond(
+            "GetContainerEvents",
+            runtime::container_events::get_container_events(self, r.into_inner()).await,
+        )
     }
 
     async fn list_metric_descriptors(

@@ -263,7 +263,7 @@ fn config_default_prints_parseable_defaults() {
 fn json_logs_with_a_flag() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("s.sock");
-    let mut child = Command::new(berth_bin())
+    let child = Command::new(berth_bin())
         .args([
             "serve",
             "--log-format",

@@ -1,5 +1,14 @@
 //! RuntimeService handlers, one file per RPC.
 
+pub mod container_create;
+pub mod container_events;
+pub mod container_list;
+pub mod container_remove;
+pub mod container_start;
+pub mod container_status;
+pub mod container_stop;
+pub mod exec_sync;
+pub mod reopen_container_log;
 pub mod runtime_config;
 pub mod sandbox_list;
 pub mod sandbox_remove;

@@ -1,13 +1,21 @@
-//! RemovePodSandbox.
+//! RemovePodSandbox: stops the pod if needed and removes it with everything it holds.
+//! Idempotent; an unknown pod is not an error.
 
 use k8s_cri::v1::{RemovePodSandboxRequest, RemovePodSandboxResponse};
 
+use super::sandbox_stop::stop_containers_of_pod;
 use crate::error::{CriError, CriResult};
 use crate::service::CriService;
 
 pub async fn remove_pod_sandbox(
-    _svc: &CriService,
-    _req: RemovePodSandboxRequest,
+    svc: &CriService,
+    req: RemovePodSandboxRequest,
 ) -> CriResult<RemovePodSandboxResponse> {
-    Err(CriError::Unimplemented("RemovePodSandbox"))
+    // The container engine removes the pod's containers here too, once it exists.
+    stop_containers_of_pod(svc, &req.pod_sandbox_id).await?;
+    let pods = svc.pods.clone();
+    tokio::task::spawn_blocking(move || pods.remove(&req.pod_sandbox_id))
+        .await
+        .map_err(|e| CriError::Internal(format!("RemovePodSandbox worker: {e}")))??;
+    Ok(RemovePodSandboxResponse {})
 }

@@ -1,13 +1,171 @@
-//! RunPodSandbox.
+//! RunPodSandbox: translates the CRI request into a `PodSpec` and lets the pod manager
+//! build the pod (on a blocking thread: it forks, mounts and waits for CNI plugins).
 
-use k8s_cri::v1::{RunPodSandboxRequest, RunPodSandboxResponse};
+use k8s_cri::v1::{self as cri, RunPodSandboxRequest, RunPodSandboxResponse};
+use sandbox::cni::PortMapping;
+use sandbox::pod::files::DnsConfig;
+use sandbox::pod::{NamespaceMode, NamespaceModes, PodSpec};
 
 use crate::error::{CriError, CriResult};
 use crate::service::CriService;
 
 pub async fn run_pod_sandbox(
-    _svc: &CriService,
-    _req: RunPodSandboxRequest,
+    svc: &CriService,
+    req: RunPodSandboxRequest,
 ) -> CriResult<RunPodSandboxResponse> {
-    Err(CriError::Unimplemented("RunPodSandbox"))
+    let spec = pod_spec(req)?;
+    let pods = svc.pods.clone();
+    let pod_sandbox_id = tokio::task::spawn_blocking(move || pods.run(spec))
+        .await
+        .map_err(|e| CriError::Internal(format!("RunPodSandbox worker: {e}")))??;
+    Ok(RunPodSandboxResponse { pod_sandbox_id })
+}
+
+fn pod_spec(req: RunPodSandboxRequest) -> CriResult<PodSpec> {
+    let config = req
+        .config
+        .ok_or_else(|| CriError::InvalidArgument("RunPodSandbox needs a config".into()))?;
+    let meta = config
+        .metadata
+        .ok_or_else(|| CriError::InvalidArgument("the pod config needs metadata".into()))?;
+    let linux = config.linux.unwrap_or_default();
+    let security = linux.security_context.unwrap_or_default();
+    let ns = security.namespace_options.unwrap_or_default();
+    if let Some(userns) = &ns.userns_options
+        && userns.mode != cri::NamespaceMode::Node as i32
+    {
+        return Err(CriError::InvalidArgument(
+            "user namespaces are not supported by berth yet".into(),
+        ));
+    }
+    let dns = config.dns_config.unwrap_or_default();
+    Ok(PodSpec {
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        attempt: meta.attempt,
+        hostname: config.hostname,
+        log_directory: config.log_directory,
+        dns: DnsConfig {
+            servers: dns.servers,
+            searches: dns.searches,
+            options: dns.options,
+        },
+        port_mappings: config
+            .port_mappings
+            .iter()
+            .map(port_mapping)
+            .collect::<CriResult<_>>()?,
+        labels: config.labels.into_iter().collect(),
+        annotations: config.annotations.into_iter().collect(),
+        cgroup_parent: linux.cgroup_parent,
+        namespaces: NamespaceModes {
+            network: mode_from_cri(ns.network)?,
+            pid: mode_from_cri(ns.pid)?,
+            ipc: mode_from_cri(ns.ipc)?,
+        },
+        sysctls: linux.sysctls.into_iter().collect(),
+        runtime_handler: req.runtime_handler,
+        privileged: security.privileged,
+    })
+}
+
+fn port_mapping(p: &cri::PortMapping) -> CriResult<PortMapping> {
+    let protocol = match cri::Protocol::try_from(p.protocol) {
+        Ok(cri::Protocol::Tcp) => "tcp",
+        Ok(cri::Protocol::Udp) => "udp",
+        Ok(cri::Protocol::Sctp) => "sctp",
+        Err(_) => {
+            return Err(CriError::InvalidArgument(format!(
+                "port mapping protocol {} is unknown",
+                p.protocol
+            )));
+        }
+    };
+    let port = |what: &str, v: i32| {
+        u16::try_from(v).map_err(|_| {
+            CriError::InvalidArgument(format!("port mapping {what} {v} is not a port number"))
+        })
+    };
+    Ok(PortMapping {
+        host_port: port("host port", p.host_port)?,
+        container_port: port("container port", p.container_port)?,
+        protocol: protocol.into(),
+        host_ip: p.host_ip.clone(),
+    })
+}
+
+pub(crate) fn mode_from_cri(m: i32) -> CriResult<NamespaceMode> {
+    match cri::NamespaceMode::try_from(m) {
+        Ok(cri::NamespaceMode::Pod) => Ok(NamespaceMode::Pod),
+        Ok(cri::NamespaceMode::Container) => Ok(NamespaceMode::Container),
+        Ok(cri::NamespaceMode::Node) => Ok(NamespaceMode::Node),
+        Ok(cri::NamespaceMode::Target) => Ok(NamespaceMode::Target),
+        Err(_) => Err(CriError::InvalidArgument(format!(
+            "namespace mode {m} is unknown"
+        ))),
+    }
+}
+
+pub(crate) fn mode_to_cri(m: NamespaceMode) -> i32 {
+    (match m {
+        NamespaceMode::Pod => cri::NamespaceMode::Pod,
+        NamespaceMode::Container => cri::NamespaceMode::Container,
+        NamespaceMode::Node => cri::NamespaceMode::Node,
+        NamespaceMode::Target => cri::NamespaceMode::Target,
+    }) as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_round_trip() {
+        for m in 0..4 {
+            assert_eq!(mode_to_cri(mode_from_cri(m).unwrap()), m);
+        }
+        assert!(mode_from_cri(9).is_err());
+    }
+
+    #[test]
+    fn a_request_becomes_a_spec() {
+        let req = RunPodSandboxRequest {
+            config: Some(cri::PodSandboxConfig {
+                metadata: Some(cri::PodSandboxMetadata {
+                    name: "p".into(),
+                    namespace: "ns".into(),
+                    uid: "u".into(),
+                    attempt: 2,
+                }),
+                port_mappings: vec![cri::PortMapping {
+                    protocol: cri::Protocol::Udp as i32,
+                    container_port: 53,
+                    host_port: 5353,
+                    host_ip: "127.0.0.1".into(),
+                }],
+                linux: Some(cri::LinuxPodSandboxConfig {
+                    security_context: Some(cri::LinuxSandboxSecurityContext {
+                        namespace_options: Some(cri::NamespaceOption {
+                            network: cri::NamespaceMode::Node as i32,
+                            pid: cri::NamespaceMode::Container as i32,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            runtime_handler: String::new(),
+        };
+        let spec = pod_spec(req).unwrap();
+        assert_eq!(spec.attempt, 2);
+        assert_eq!(spec.namespaces.network, NamespaceMode::Node);
+        assert_eq!(spec.namespaces.pid, NamespaceMode::Container);
+        assert_eq!(spec.namespaces.ipc, NamespaceMode::Pod);
+        assert_eq!(spec.port_mappings[0].protocol, "udp");
+        assert_eq!(spec.port_mappings[0].host_port, 5353);
+        assert!(pod_spec(RunPodSandboxRequest::default()).is_err());
+    }
 }

@@ -201,3 +201,46 @@ fn is_executable(p: &Path) -> bool {
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         .unwrap_or(false)
 }
+
+/// The stand-in images critest uses, served by `critest/registry.sh` on 127.0.0.1:5000
+/// (started and filled on first use; later calls find it running). Returns the config
+/// lines that make berth pull registry.k8s.io, gcr.io, … through it.
+pub fn stand_in_registry() -> String {
+    static STARTED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    STARTED.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../critest/registry.sh");
+        let out = Command::new("bash")
+            .arg(script)
+            .arg("start")
+            .output()
+            .expect("running critest/registry.sh");
+        assert!(
+            out.status.success(),
+            "critest/registry.sh start failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    [
+        "registry.k8s.io",
+        "gcr.io",
+        "k8s.gcr.io",
+        "public.ecr.aws",
+        "docker.io",
+    ]
+    .iter()
+    .map(|h| {
+        format!(
+            "[registry.hosts.\"{h}\"]\nmirrors = [\"http://127.0.0.1:5000\"]\nmirrors_only = true\n"
+        )
+    })
+    .collect()
+}
+
+/// The CNI config of the repo (deploy/cni) with Debian's plugins, for pods with a network.
+pub fn cni_config() -> String {
+    let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/cni");
+    format!(
+        "[cni]\nconf_dir = {:?}\nbin_dirs = [\"/usr/lib/cni\", \"/opt/cni/bin\"]\n",
+        conf.canonicalize().expect("deploy/cni")
+    )
+}

@@ -206,6 +206,7 @@ impl CniInvoker {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| fail(format!("starting {}: {e}", bin.display())))?;
+        let started = std::time::Instant::now();
         let stdin_bytes = conf.to_string().into_bytes();
         if let Some(mut stdin) = child.stdin.take() {
             // A plugin that exits without reading its config shows up in its own error.
@@ -229,6 +230,7 @@ impl CniInvoker {
                 });
             }
         };
+        tracing::debug!(plugin = %ty, command, elapsed = ?started.elapsed(), "CNI plugin ran");
         if !output.status.success() {
             return Err(fail(error_message(
                 &output.stdout,

@@ -189,6 +189,7 @@ impl PodManager {
         } else {
             None
         };
+        let started = std::time::Instant::now();
         let id = new_id().map_err(io_err("making a pod id"))?;
         let paths = self.paths(&id);
         let mut undo = Undo::new();
@@ -214,6 +215,7 @@ impl PodManager {
         undo.push("pinned namespaces", move || {
             log_failure("unpinning namespaces", namespaces::unpin_all(&ns_dir))
         });
+        let t_cgroup = started.elapsed();
         let init = namespaces::create(NamespacePlan {
             dir: paths.ns_dir.clone(),
             network,
@@ -252,6 +254,7 @@ impl PodManager {
             None => copy_host_file("/etc/resolv.conf", &paths.resolv_conf)?,
         }
 
+        let t_namespaces = started.elapsed();
         let mut ips = Vec::new();
         if let Some(list) = &net_list {
             let cni = self.cni.clone();
@@ -269,6 +272,7 @@ impl PodManager {
             copy_host_file("/etc/hosts", &paths.hosts)?;
         }
 
+        let t_network = started.elapsed();
         let record = PodRecord {
             id: id.clone(),
             spec,
@@ -285,6 +289,14 @@ impl PodManager {
             .expect("pod table")
             .insert(id.clone(), Arc::new(Mutex::new(record)));
         undo.commit();
+        tracing::debug!(
+            pod = %id,
+            cgroup = ?t_cgroup,
+            namespaces = ?t_namespaces,
+            network = ?t_network,
+            total = ?started.elapsed(),
+            "pod sandbox created (cumulative step times)"
+        );
         Ok(id)
     }
 

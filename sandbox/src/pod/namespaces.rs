@@ -79,6 +79,7 @@ pub fn create(plan: NamespacePlan) -> Result<Option<InitProcess>, NamespaceError
 }
 
 fn create_on_this_thread(plan: &NamespacePlan) -> Result<Option<InitProcess>, NamespaceError> {
+    let started = std::time::Instant::now();
     make_private_dir(&plan.dir)?;
     let mut flags = CloneFlags::empty();
     if plan.network {
@@ -112,11 +113,14 @@ fn create_on_this_thread(plan: &NamespacePlan) -> Result<Option<InitProcess>, Na
             )?;
         }
     }
+    let pinned = started.elapsed();
     let Some(cgroup_procs) = &plan.pod_init else {
+        tracing::debug!(?pinned, "pod namespaces pinned");
         return Ok(None);
     };
     unshare(CloneFlags::CLONE_NEWPID).map_err(sys("unsharing the PID namespace"))?;
     let init = init::spawn(cgroup_procs).map_err(sys("starting the pod init"))?;
+    tracing::debug!(?pinned, init_started = ?started.elapsed(), "pod namespaces pinned");
     if let Err(e) = pin(
         &format!("/proc/{}/ns/pid", init.pid),
         &pin_path(&plan.dir, "pid"),

@@ -1,0 +1,367 @@
+//! The daemon's view of containers: their records (metadata store table "containers"), an
+//! in-memory index for List/Status, the lifecycle calls into `sandbox::container`, and the
+//! event stream for the kubelet's evented PLEG.
+//!
+//! State is never stored here: created/running/exited is read from the facts the monitor
+//! writes in each container's state dir, so a restarted daemon reports the truth.
+
+pub mod spec;
+pub mod user;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use k8s_cri::v1 as cri;
+use meta_store::MetaStore;
+use sandbox::container::{self as ctr, ContainerState, MonitorCommand};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::error::{CriError, CriResult};
+
+/// What berth remembers about a container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub pod_id: String,
+    pub name: String,
+    pub attempt: u32,
+    /// The image as the request named it.
+    pub image: String,
+    /// The image id (config digest), as PullImage returned it.
+    pub image_id: String,
+    /// A repo digest of the image when it has one, else its id.
+    pub image_ref: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// The CRI log file (empty when the request named none).
+    pub log_path: String,
+    pub created_at_ns: i64,
+    pub mounts: Vec<MountRecord>,
+    /// The image's StopSignal, e.g. `SIGQUIT`; SIGTERM when empty.
+    pub stop_signal: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    /// The reservation key `<name>_<pod name>_<namespace>_<pod uid>_<attempt>`.
+    pub reserved_name: String,
+    /// The container's state directory (monitor files, config.json).
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MountRecord {
+    pub container_path: String,
+    pub host_path: String,
+    pub readonly: bool,
+    pub selinux_relabel: bool,
+    pub propagation: i32,
+}
+
+impl meta_store::Record for ContainerRecord {
+    const TABLE: &'static str = "containers";
+    const VERSION: u32 = 1;
+}
+
+/// The container service.
+pub struct Containers {
+    meta: Arc<MetaStore>,
+    /// `<state_dir>/containers`: one state dir per container.
+    state_dir: PathBuf,
+    /// `<root_dir>/containers`: writable layers, which outlive a reboot.
+    layers_dir: PathBuf,
+    monitor: MonitorCommand,
+    records: RwLock<BTreeMap<String, Arc<ContainerRecord>>>,
+    /// Reserved names → container id, so the kubelet's retries cannot make twins.
+    names: Mutex<HashMap<String, String>>,
+    events: broadcast::Sender<cri::ContainerEventResponse>,
+}
+
+impl Containers {
+    pub fn open(meta: Arc<MetaStore>, state_dir: &Path, root_dir: &Path) -> anyhow::Result<Self> {
+        let state_dir = state_dir.join("containers");
+        let layers_dir = root_dir.join("containers");
+        for d in [&state_dir, &layers_dir] {
+            std::fs::create_dir_all(d)?;
+        }
+        let monitor = MonitorCommand::sealed_berth()?;
+        let mut records = BTreeMap::new();
+        let mut names = HashMap::new();
+        for (key, rec) in meta.list::<ContainerRecord>()? {
+            match rec {
+                Ok(r) => {
+                    names.insert(r.reserved_name.clone(), r.id.clone());
+                    records.insert(key, Arc::new(r));
+                }
+                Err(e) => {
+                    tracing::error!(container = %key, error = %e, "skipping an unreadable container record")
+                }
+            }
+        }
+        tracing::info!(containers = records.len(), "containers loaded");
+        let (events, _) = broadcast::channel(1024);
+        Ok(Self {
+            meta,
+            state_dir,
+            layers_dir,
+            monitor,
+            records: RwLock::new(records),
+            names: Mutex::new(names),
+            events,
+        })
+    }
+
+    pub fn monitor(&self) -> &MonitorCommand {
+        &self.monitor
+    }
+
+    /// A fresh container id: 64 hex digits, like containerd's.
+    pub fn new_id() -> String {
+        let mut bytes = [0u8; 32];
+        use std::io::Read;
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .expect("reading /dev/urandom");
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn state_dir_of(&self, id: &str) -> PathBuf {
+        self.state_dir.join(id)
+    }
+
+    pub fn layer_dirs_of(&self, id: &str) -> (PathBuf, PathBuf) {
+        let d = self.layers_dir.join(id);
+        (d.join("upper"), d.join("work"))
+    }
+
+    /// Reserves a container name; the guard releases it unless `commit` is called.
+    pub fn reserve_name(&self, name: &str, id: &str) -> CriResult<NameReservation<'_>> {
+        let mut names = self.names.lock().expect("names lock");
+        if let Some(other) = names.get(name) {
+            return Err(CriError::AlreadyExists(format!(
+                "container name {name:?} is already reserved for container {other}"
+            )));
+        }
+        names.insert(name.to_string(), id.to_string());
+        Ok(NameReservation {
+            containers: self,
+            name: name.to_string(),
+            committed: false,
+        })
+    }
+
+    pub fn insert(&self, rec: ContainerRecord) -> CriResult<Arc<ContainerRecord>> {
+        self.meta.put(&rec.id, &rec)?;
+        let rec = Arc::new(rec);
+        self.records
+            .write()
+            .expect("records lock")
+            .insert(rec.id.clone(), rec.clone());
+        Ok(rec)
+    }
+
+    /// A container by id or unambiguous id prefix.
+    pub fn get(&self, id: &str) -> CriResult<Arc<ContainerRecord>> {
+        self.find(id)
+            .ok_or_else(|| CriError::NotFound(format!("container {id:?} not found")))
+    }
+
+    pub fn find(&self, id: &str) -> Option<Arc<ContainerRecord>> {
+        if id.is_empty() {
+            return None;
+        }
+        let records = self.records.read().expect("records lock");
+        if let Some(r) = records.get(id) {
+            return Some(r.clone());
+        }
+        let mut matches = records
+            .range(id.to_string()..)
+            .take_while(|(k, _)| k.starts_with(id));
+        let first = matches.next()?;
+        matches.next().is_none().then(|| first.1.clone())
+    }
+
+    pub fn list(&self) -> Vec<Arc<ContainerRecord>> {
+        self.records
+            .read()
+            .expect("records lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn in_pod(&self, pod_id: &str) -> Vec<Arc<ContainerRecord>> {
+        self.list()
+            .into_iter()
+            .filter(|r| r.pod_id == pod_id)
+            .collect()
+    }
+
+    /// The container's state from its monitor's records. Blocking file reads, small.
+    pub fn state(&self, rec: &ContainerRecord) -> ContainerState {
+        match ctr::state(&rec.dir) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(container = %rec.id, error = %e, "container state unreadable");
+                ContainerState::Exited(ctr::state::ExitRecord {
+                    exit_code: 255,
+                    signal: None,
+                    finished_at_ns: 0,
+                    oom_killed: false,
+                    message: Some(format!("berth cannot read the container's state: {e}")),
+                })
+            }
+        }
+    }
+
+    /// When the container's process began running, from the monitor's record; 0 if never.
+    pub fn started_at(&self, rec: &ContainerRecord) -> i64 {
+        ctr::state::read_json::<ctr::state::StartRecord>(&rec.dir, ctr::state::STARTED)
+            .ok()
+            .flatten()
+            .map_or(0, |s| s.started_at_ns)
+    }
+
+    /// Stops a container: its stop signal, then SIGKILL once `timeout` has passed.
+    /// Stopping a container that is not running is fine.
+    pub async fn stop(&self, rec: &Arc<ContainerRecord>, timeout: Duration) -> CriResult<()> {
+        let target = rec.clone();
+        let stopped = tokio::task::spawn_blocking(move || -> CriResult<bool> {
+            let rec = target;
+            let signal = parse_signal(&rec.stop_signal).unwrap_or(libc::SIGTERM);
+            match ctr::state(&rec.dir) {
+                Ok(ContainerState::Exited(_)) | Err(ctr::ContainerError::NotFound(_)) => {
+                    return Ok(false);
+                }
+                _ => {}
+            }
+            if !timeout.is_zero() {
+                match ctr::signal(&rec.dir, signal) {
+                    Ok(()) | Err(ctr::ContainerError::NotRunning) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                if matches!(ctr::wait(&rec.dir, timeout)?, ContainerState::Exited(_)) {
+                    return Ok(true);
+                }
+            }
+            match ctr::signal(&rec.dir, libc::SIGKILL) {
+                Ok(()) | Err(ctr::ContainerError::NotRunning) => {}
+                Err(e) => return Err(e.into()),
+            }
+            match ctr::wait(&rec.dir, Duration::from_secs(30))? {
+                ContainerState::Exited(_) => Ok(true),
+                _ => Err(CriError::Internal(format!(
+                    "container {} did not exit after SIGKILL",
+                    rec.id
+                ))),
+            }
+        })
+        .await
+        .map_err(|e| CriError::Internal(e.to_string()))??;
+        if stopped {
+            self.emit(rec, cri::ContainerEventType::ContainerStoppedEvent);
+        }
+        Ok(())
+    }
+
+    /// Publishes an event for the kubelet's evented PLEG.
+    pub fn emit(&self, rec: &ContainerRecord, kind: cri::ContainerEventType) {
+        let _ = self.events.send(cri::ContainerEventResponse {
+            container_id: rec.id.clone(),
+            container_event_type: kind as i32,
+            created_at: now_ns(),
+            pod_sandbox_status: None,
+            containers_statuses: Vec::new(),
+        });
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<cri::ContainerEventResponse> {
+        self.events.subscribe()
+    }
+
+    /// Kills and removes a container and forgets it. Idempotent.
+    pub async fn remove(&self, rec: &Arc<ContainerRecord>) -> CriResult<()> {
+        let dir = rec.dir.clone();
+        let layers = self.layers_dir.join(&rec.id);
+        tokio::task::spawn_blocking(move || -> CriResult<()> {
+            ctr::remove(&dir)?;
+            match std::fs::remove_dir_all(&layers) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CriError::Internal(
+                    format!("removing {}: {e}", layers.display()),
+                )),
+                _ => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| CriError::Internal(e.to_string()))??;
+        self.meta.delete::<ContainerRecord>(&rec.id)?;
+        self.records.write().expect("records lock").remove(&rec.id);
+        self.names
+            .lock()
+            .expect("names lock")
+            .remove(&rec.reserved_name);
+        self.emit(rec, cri::ContainerEventType::ContainerDeletedEvent);
+        Ok(())
+    }
+}
+
+/// Holds a reserved container name until creation commits or fails.
+pub struct NameReservation<'a> {
+    containers: &'a Containers,
+    name: String,
+    committed: bool,
+}
+
+impl NameReservation<'_> {
+    pub fn commit(mut self) {
+        self.committed = true;
+    }
+}
+
+impl Drop for NameReservation<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.containers
+                .names
+                .lock()
+                .expect("names lock")
+                .remove(&self.name);
+        }
+    }
+}
+
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// `SIGTERM`, `TERM`, `15` → the signal number.
+pub fn parse_signal(s: &str) -> Option<i32> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    if let Ok(n) = s.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let name = s.to_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    let sig = match name {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "STOP" => libc::SIGSTOP,
+        "WINCH" => libc::SIGWINCH,
+        "PWR" => libc::SIGPWR,
+        _ => return None,
+    };
+    Some(sig)
+}

@@ -1,0 +1,550 @@
+//! CreateContainer's translation: a CRI `ContainerConfig`, the pod it joins and the image it
+//! runs become a `sandbox::container::ContainerSpec`. Pure logic (plus reads of the image's
+//! account files), so every rule here is unit-tested without a kernel.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use k8s_cri::v1 as cri;
+use sandbox::container::ContainerSpec;
+use sandbox::container::caps;
+use sandbox::container::cgroup::Resources;
+use sandbox::container::spec::{
+    BindMount, CgroupSpec, DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS, Namespace, Namespaces,
+    Process, Propagation, Rootfs,
+};
+use sandbox::pod::{NamespaceMode, PodView};
+
+use super::user::{self, ResolvedUser, UserRequest};
+use crate::error::CriError;
+
+/// What CreateContainer needs to know about the image.
+#[derive(Debug, Clone, Default)]
+pub struct ImageFacts {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+    pub stop_signal: String,
+    /// Unpacked layer directories, topmost first.
+    pub layers: Vec<PathBuf>,
+}
+
+impl ImageFacts {
+    /// Reads the parts of an OCI image config that shape the process.
+    pub fn from_config(config: &serde_json::Value, layers: Vec<PathBuf>) -> ImageFacts {
+        let c = &config["config"];
+        let strings = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let string = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        ImageFacts {
+            entrypoint: strings(&c["Entrypoint"]),
+            cmd: strings(&c["Cmd"]),
+            env: strings(&c["Env"]),
+            working_dir: string(&c["WorkingDir"]),
+            user: string(&c["User"]),
+            stop_signal: string(&c["StopSignal"]),
+            layers,
+        }
+    }
+}
+
+/// Where the container's own files go.
+#[derive(Debug, Clone)]
+pub struct ContainerDirs {
+    /// Writable layer and overlayfs work dir.
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    /// Where the CRI log goes when the request names none.
+    pub fallback_log: PathBuf,
+}
+
+/// The spec plus facts the status needs later.
+#[derive(Debug, Clone)]
+pub struct BuiltSpec {
+    pub spec: ContainerSpec,
+    pub user: ResolvedUser,
+    /// The log path as reported (empty when the request named none).
+    pub log_path: String,
+}
+
+fn invalid(msg: impl Into<String>) -> CriError {
+    CriError::InvalidArgument(msg.into())
+}
+
+/// The argv: the request's command replaces the image's Entrypoint, its args replace Cmd
+/// (Kubernetes' rule).
+pub fn process_args(cfg: &cri::ContainerConfig, image: &ImageFacts) -> Vec<String> {
+    let (entry, args) = if !cfg.command.is_empty() {
+        (cfg.command.clone(), cfg.args.clone())
+    } else if !cfg.args.is_empty() {
+        (image.entrypoint.clone(), cfg.args.clone())
+    } else {
+        (image.entrypoint.clone(), image.cmd.clone())
+    };
+    entry.into_iter().chain(args).collect()
+}
+
+/// The image's env, overridden key by key by the request's.
+pub fn merge_env(image_env: &[String], req: &[cri::KeyValue]) -> Vec<String> {
+    let mut order: Vec<String> = Vec::new();
+    let mut values: BTreeMap<String, String> = BTreeMap::new();
+    let entries = image_env
+        .iter()
+        .map(|e| match e.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (e.clone(), String::new()),
+        })
+        .chain(req.iter().map(|kv| (kv.key.clone(), kv.value.clone())));
+    for (k, v) in entries {
+        if !values.contains_key(&k) {
+            order.push(k.clone());
+        }
+        values.insert(k, v);
+    }
+    order
+        .into_iter()
+        .map(|k| format!("{k}={}", values[&k]))
+        .collect()
+}
+
+/// containerd's capability rules: defaults, ALL in add or drop, then the named ones.
+pub fn capabilities(sc: Option<&cri::LinuxContainerSecurityContext>) -> Vec<String> {
+    let all = || {
+        caps::ALL_CAPABILITIES
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+    };
+    let Some(sc) = sc else {
+        return caps::DEFAULT_CAPABILITIES
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    };
+    if sc.privileged {
+        return all();
+    }
+    let norm = |s: &String| s.trim_start_matches("CAP_").to_uppercase();
+    let (add, drop): (Vec<String>, Vec<String>) = match &sc.capabilities {
+        Some(c) => (
+            c.add_capabilities.iter().map(norm).collect(),
+            c.drop_capabilities.iter().map(norm).collect(),
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
+    let mut set: Vec<String> = if add.iter().any(|c| c == "ALL") {
+        all()
+    } else {
+        caps::DEFAULT_CAPABILITIES
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    if drop.iter().any(|c| c == "ALL") {
+        set.clear();
+    }
+    for c in add.iter().filter(|c| *c != "ALL") {
+        if !set.contains(c) {
+            set.push(c.clone());
+        }
+    }
+    set.retain(|c| !drop.contains(c));
+    set
+}
+
+fn propagation(p: i32) -> Propagation {
+    match cri::MountPropagation::try_from(p).unwrap_or(cri::MountPropagation::PropagationPrivate) {
+        cri::MountPropagation::PropagationPrivate => Propagation::Private,
+        cri::MountPropagation::PropagationHostToContainer => Propagation::HostToContainer,
+        cri::MountPropagation::PropagationBidirectional => Propagation::Bidirectional,
+    }
+}
+
+fn mode(
+    ns: Option<&cri::NamespaceOption>,
+    pick: fn(&cri::NamespaceOption) -> i32,
+) -> cri::NamespaceMode {
+    ns.and_then(|n| cri::NamespaceMode::try_from(pick(n)).ok())
+        .unwrap_or(cri::NamespaceMode::Pod)
+}
+
+/// The container's namespaces: the pod's pinned ones, its own, or the host's.
+fn namespaces(
+    pod: &PodView,
+    sc: Option<&cri::LinuxContainerSecurityContext>,
+    target_pid_ns: Option<PathBuf>,
+) -> Result<Namespaces, CriError> {
+    let ns_opts = sc.and_then(|s| s.namespace_options.as_ref());
+    let modes = &pod.record.spec.namespaces;
+    let pinned = |kind: &str| Namespace::Join(pod.paths.namespace(kind));
+    let net = if modes.network == NamespaceMode::Node {
+        Namespace::Host
+    } else {
+        pinned("net")
+    };
+    let ipc = if modes.ipc == NamespaceMode::Node {
+        Namespace::Host
+    } else {
+        pinned("ipc")
+    };
+    // A host-network pod also uses the host's UTS namespace, as containerd does.
+    let uts = if modes.network == NamespaceMode::Node {
+        Namespace::Host
+    } else {
+        pinned("uts")
+    };
+    let pid = match mode(ns_opts, |n| n.pid) {
+        cri::NamespaceMode::Node => Namespace::Host,
+        cri::NamespaceMode::Container => Namespace::New,
+        cri::NamespaceMode::Target => Namespace::Join(target_pid_ns.ok_or_else(|| {
+            invalid("PID namespace mode TARGET needs a running target container")
+        })?),
+        cri::NamespaceMode::Pod => match modes.pid {
+            NamespaceMode::Node => Namespace::Host,
+            _ => pinned("pid"),
+        },
+    };
+    Ok(Namespaces {
+        net,
+        ipc,
+        uts,
+        pid,
+        mnt: Namespace::New,
+        cgroup: Namespace::New,
+    })
+}
+
+fn resources(r: Option<&cri::LinuxContainerResources>) -> Resources {
+    let Some(r) = r else {
+        return Resources::default();
+    };
+    let pos = |v: i64| (v > 0).then_some(v);
+    Resources {
+        cpu_shares: (r.cpu_shares > 0).then_some(r.cpu_shares as u64),
+        cpu_quota_us: pos(r.cpu_quota),
+        cpu_period_us: (r.cpu_period > 0).then_some(r.cpu_period as u64),
+        memory_limit_bytes: pos(r.memory_limit_in_bytes),
+        memory_swap_limit_bytes: pos(r.memory_swap_limit_in_bytes),
+        pids_limit: None,
+    }
+}
+
+/// Builds the spec of container `id` in `pod` from the request and the image.
+pub fn build(
+    id: &str,
+    cfg: &cri::ContainerConfig,
+    pod: &PodView,
+    image: &ImageFacts,
+    dirs: &ContainerDirs,
+    target_pid_ns: Option<PathBuf>,
+) -> Result<BuiltSpec, CriError> {
+    let linux = cfg.linux.as_ref();
+    let sc = linux.and_then(|l| l.security_context.as_ref());
+    let args = process_args(cfg, image);
+    if args.is_empty() {
+        return Err(invalid(
+            "no command: the request has no command or args and the image has no Entrypoint or Cmd",
+        ));
+    }
+    if image.layers.is_empty() {
+        return Err(invalid(
+            "the image has no filesystem layers to run natively",
+        ));
+    }
+
+    let user_req = UserRequest {
+        run_as_user: sc.and_then(|s| s.run_as_user.as_ref()).map(|v| v.value),
+        run_as_username: sc.map(|s| s.run_as_username.clone()).unwrap_or_default(),
+        run_as_group: sc.and_then(|s| s.run_as_group.as_ref()).map(|v| v.value),
+        supplemental_groups: sc
+            .map(|s| s.supplemental_groups.clone())
+            .unwrap_or_default(),
+        image_user: image.user.clone(),
+    };
+    let user = user::resolve(&user_req, &image.layers).map_err(invalid)?;
+
+    let mut env = merge_env(&image.env, &cfg.envs);
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", user.home.as_deref().unwrap_or("/")));
+    }
+
+    let privileged = sc.is_some_and(|s| s.privileged);
+    if privileged && !pod.record.spec.privileged {
+        return Err(invalid(
+            "a privileged container needs a privileged pod sandbox",
+        ));
+    }
+    let seccomp_default = !privileged && seccomp_is_runtime_default(sc)?;
+    let no_new_privs = sc.is_some_and(|s| s.no_new_privs);
+
+    let mut mounts = Vec::new();
+    let requested: Vec<&str> = cfg
+        .mounts
+        .iter()
+        .map(|m| m.container_path.as_str())
+        .collect();
+    for (dest, source) in [
+        ("/etc/hostname", &pod.paths.hostname),
+        ("/etc/hosts", &pod.paths.hosts),
+        ("/etc/resolv.conf", &pod.paths.resolv_conf),
+    ] {
+        if !requested.contains(&dest) && source.exists() {
+            mounts.push(BindMount {
+                source: source.clone(),
+                destination: dest.into(),
+                readonly: sc.is_some_and(|s| s.readonly_rootfs),
+                propagation: Propagation::Private,
+            });
+        }
+    }
+    for m in &cfg.mounts {
+        if m.container_path.is_empty() || !Path::new(&m.container_path).is_absolute() {
+            return Err(invalid(format!(
+                "mount container path {:?} must be absolute",
+                m.container_path
+            )));
+        }
+        if m.host_path.is_empty() {
+            return Err(invalid(format!(
+                "mount at {:?} has no host path",
+                m.container_path
+            )));
+        }
+        mounts.push(BindMount {
+            source: m.host_path.clone().into(),
+            destination: m.container_path.clone().into(),
+            readonly: m.readonly,
+            propagation: propagation(m.propagation),
+        });
+    }
+
+    let (masked_paths, readonly_paths) = if privileged {
+        (Vec::new(), Vec::new())
+    } else {
+        let pick = |req: Option<&Vec<String>>, default: &[&str]| -> Vec<PathBuf> {
+            match req {
+                Some(p) if !p.is_empty() => p.iter().map(PathBuf::from).collect(),
+                _ => default.iter().map(PathBuf::from).collect(),
+            }
+        };
+        (
+            pick(sc.map(|s| &s.masked_paths), DEFAULT_MASKED_PATHS),
+            pick(sc.map(|s| &s.readonly_paths), DEFAULT_READONLY_PATHS),
+        )
+    };
+
+    let shm = if pod.record.spec.namespaces.ipc == NamespaceMode::Node {
+        Some(PathBuf::from("/dev/shm"))
+    } else {
+        Some(pod.paths.shm.clone())
+    };
+
+    let cgroup_parent =
+        sandbox::pod::cgroup::relative_path(&pod.record.spec.cgroup_parent, id).map_err(invalid)?;
+
+    let log_dir = &pod.record.spec.log_directory;
+    let log_path = if !log_dir.is_empty() && !cfg.log_path.is_empty() {
+        Path::new(log_dir).join(&cfg.log_path).display().to_string()
+    } else {
+        String::new()
+    };
+
+    let res = linux.and_then(|l| l.resources.as_ref());
+    let spec = ContainerSpec {
+        rootfs: Rootfs {
+            lower: image.layers.clone(),
+            upper: dirs.upper.clone(),
+            work: dirs.work.clone(),
+            readonly: sc.is_some_and(|s| s.readonly_rootfs),
+        },
+        process: Process {
+            args,
+            env,
+            cwd: if !cfg.working_dir.is_empty() {
+                cfg.working_dir.clone().into()
+            } else if !image.working_dir.is_empty() {
+                image.working_dir.clone().into()
+            } else {
+                "/".into()
+            },
+            uid: user.uid,
+            gid: user.gid,
+            additional_gids: user.additional_gids.clone(),
+            rlimits: Vec::new(),
+            no_new_privs,
+            capabilities: capabilities(sc),
+            oom_score_adj: res.map(|r| r.oom_score_adj as i32).filter(|v| *v != 0),
+            seccomp_default,
+        },
+        namespaces: namespaces(pod, sc, target_pid_ns)?,
+        hostname: None,
+        shm,
+        mounts,
+        masked_paths,
+        readonly_paths,
+        cgroup: Some(CgroupSpec {
+            path: cgroup_parent,
+            resources: resources(res),
+        }),
+        privileged,
+        log_path: if log_path.is_empty() {
+            dirs.fallback_log.clone()
+        } else {
+            log_path.clone().into()
+        },
+    };
+    spec.validate().map_err(|e| invalid(e.to_string()))?;
+    Ok(BuiltSpec {
+        spec,
+        user,
+        log_path,
+    })
+}
+
+/// RuntimeDefault → berth's profile; Unconfined or unset → none. Localhost profiles are
+/// not loaded yet, and say so rather than run unconfined.
+// The deprecated `seccomp_profile_path` is still what older kubelets and crictl send.
+#[allow(deprecated)]
+fn seccomp_is_runtime_default(
+    sc: Option<&cri::LinuxContainerSecurityContext>,
+) -> Result<bool, CriError> {
+    let Some(sc) = sc else { return Ok(false) };
+    if let Some(p) = &sc.seccomp {
+        return match cri::security_profile::ProfileType::try_from(p.profile_type) {
+            Ok(cri::security_profile::ProfileType::RuntimeDefault) => Ok(true),
+            Ok(cri::security_profile::ProfileType::Unconfined) => Ok(false),
+            Ok(cri::security_profile::ProfileType::Localhost) => Err(CriError::Unimplemented(
+                "CreateContainer with a Localhost seccomp profile",
+            )),
+            Err(_) => Err(invalid(format!(
+                "unknown seccomp profile type {}",
+                p.profile_type
+            ))),
+        };
+    }
+    Ok(match sc.seccomp_profile_path.as_str() {
+        "runtime/default" | "docker/default" => true,
+        "" | "unconfined" => false,
+        p if p.starts_with("localhost/") => {
+            return Err(CriError::Unimplemented(
+                "CreateContainer with a Localhost seccomp profile",
+            ));
+        }
+        other => return Err(invalid(format!("unknown seccomp profile {other:?}"))),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> cri::ContainerConfig {
+        cri::ContainerConfig::default()
+    }
+
+    fn image() -> ImageFacts {
+        ImageFacts {
+            entrypoint: vec!["/entry".into()],
+            cmd: vec!["a".into(), "b".into()],
+            env: vec!["PATH=/bin".into(), "A=1".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn command_and_args_follow_kubernetes_rules() {
+        let img = image();
+        assert_eq!(process_args(&cfg(), &img), ["/entry", "a", "b"]);
+        let mut c = cfg();
+        c.args = vec!["x".into()];
+        assert_eq!(process_args(&c, &img), ["/entry", "x"]);
+        c.command = vec!["sh".into()];
+        assert_eq!(process_args(&c, &img), ["sh", "x"]);
+        c.args.clear();
+        assert_eq!(process_args(&c, &img), ["sh"]);
+    }
+
+    #[test]
+    fn request_env_overrides_image_env_in_place() {
+        let env = merge_env(
+            &image().env,
+            &[
+                cri::KeyValue {
+                    key: "A".into(),
+                    value: "2".into(),
+                },
+                cri::KeyValue {
+                    key: "B".into(),
+                    value: "3".into(),
+                },
+            ],
+        );
+        assert_eq!(env, ["PATH=/bin", "A=2", "B=3"]);
+    }
+
+    fn sc_caps(add: &[&str], drop: &[&str]) -> cri::LinuxContainerSecurityContext {
+        cri::LinuxContainerSecurityContext {
+            capabilities: Some(cri::Capability {
+                add_capabilities: add.iter().map(|s| s.to_string()).collect(),
+                drop_capabilities: drop.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn capability_rules() {
+        let default = capabilities(None);
+        assert!(default.contains(&"NET_RAW".to_string()));
+        assert!(!default.contains(&"SYS_ADMIN".to_string()));
+        let c = capabilities(Some(&sc_caps(&["SYS_ADMIN"], &["NET_RAW"])));
+        assert!(c.contains(&"SYS_ADMIN".to_string()) && !c.contains(&"NET_RAW".to_string()));
+        let c = capabilities(Some(&sc_caps(&["ALL"], &[])));
+        assert_eq!(c.len(), caps::ALL_CAPABILITIES.len());
+        let c = capabilities(Some(&sc_caps(&["NET_ADMIN"], &["ALL"])));
+        assert_eq!(c, ["NET_ADMIN"]);
+        let c = capabilities(Some(&sc_caps(&["CAP_SYS_TIME"], &[])));
+        assert!(c.contains(&"SYS_TIME".to_string()));
+    }
+
+    #[test]
+    fn seccomp_profiles() {
+        let with = |t: cri::security_profile::ProfileType| cri::LinuxContainerSecurityContext {
+            seccomp: Some(cri::SecurityProfile {
+                profile_type: t as i32,
+                localhost_ref: String::new(),
+            }),
+            ..Default::default()
+        };
+        use cri::security_profile::ProfileType::*;
+        assert!(seccomp_is_runtime_default(Some(&with(RuntimeDefault))).unwrap());
+        assert!(!seccomp_is_runtime_default(Some(&with(Unconfined))).unwrap());
+        assert!(!seccomp_is_runtime_default(None).unwrap());
+        assert!(matches!(
+            seccomp_is_runtime_default(Some(&with(Localhost))),
+            Err(CriError::Unimplemented(_))
+        ));
+    }
+
+    #[test]
+    fn image_facts_from_config() {
+        let cfg = serde_json::json!({"config": {"Entrypoint": ["/pause"], "Cmd": null,
+            "Env": ["PATH=/bin"], "WorkingDir": "/w", "User": "1000", "StopSignal": "SIGQUIT"}});
+        let f = ImageFacts::from_config(&cfg, vec![]);
+        assert_eq!(f.entrypoint, ["/pause"]);
+        assert!(f.cmd.is_empty());
+        assert_eq!(f.working_dir, "/w");
+        assert_eq!(f.user, "1000");
+        assert_eq!(f.stop_signal, "SIGQUIT");
+    }
+}

@@ -1,0 +1,170 @@
+//! CreateContainer: resolve the pod and the image, translate the request into a container
+//! spec, and have `sandbox::container` set the process up, held before execve until
+//! StartContainer. A failure leaves nothing behind (the sandbox layer undoes its own steps;
+//! the name reservation is released here).
+
+use k8s_cri::v1::{CreateContainerRequest, CreateContainerResponse, NamespaceMode};
+use sandbox::container::{self as ctr, ContainerState};
+
+use crate::containers::spec::{self, ContainerDirs, ImageFacts};
+use crate::containers::{ContainerRecord, Containers, MountRecord};
+use crate::error::{CriError, CriResult};
+use crate::service::CriService;
+
+pub async fn create_container(
+    svc: &CriService,
+    req: CreateContainerRequest,
+) -> CriResult<CreateContainerResponse> {
+    let invalid = |m: &str| CriError::InvalidArgument(m.to_string());
+    let cfg = req
+        .config
+        .ok_or_else(|| invalid("CreateContainer needs a container config"))?;
+    let meta = cfg
+        .metadata
+        .clone()
+        .ok_or_else(|| invalid("the container config has no metadata"))?;
+    if meta.name.is_empty() {
+        return Err(invalid("the container metadata has no name"));
+    }
+    let pod = svc.pods.status(&req.pod_sandbox_id)?;
+    if !pod.ready {
+        return Err(CriError::FailedPrecondition(format!(
+            "pod sandbox {} is not ready",
+            pod.record.id
+        )));
+    }
+    let image_name = cfg
+        .image
+        .as_ref()
+        .map(|i| i.image.clone())
+        .unwrap_or_default();
+    if image_name.is_empty() {
+        return Err(invalid("the container config names no image"));
+    }
+    let image = svc.images.get(&image_name).ok_or_else(|| {
+        CriError::NotFound(format!("image {image_name:?} not found: pull it first"))
+    })?;
+    // Overlay wants the topmost layer first.
+    let mut layers = Vec::new();
+    for l in image.layers.iter().rev() {
+        if let Some(chain) = &l.chain_id {
+            layers.push(svc.images.layer_dir(chain)?);
+        }
+    }
+    let facts = ImageFacts::from_config(&image.config, layers);
+
+    let id = Containers::new_id();
+    let p = &pod.record.spec;
+    let reserved_name = format!(
+        "{}_{}_{}_{}_{}",
+        meta.name, p.name, p.namespace, p.uid, meta.attempt
+    );
+    let reservation = svc.containers.reserve_name(&reserved_name, &id)?;
+
+    let target_pid_ns = target_pid_namespace(svc, &cfg)?;
+    let (upper, work) = svc.containers.layer_dirs_of(&id);
+    let dir = svc.containers.state_dir_of(&id);
+    let built = spec::build(
+        &id,
+        &cfg,
+        &pod,
+        &facts,
+        &ContainerDirs {
+            upper,
+            work,
+            fallback_log: dir.join("container.log"),
+        },
+        target_pid_ns,
+    )?;
+    // Like containerd: a host path that does not exist yet becomes a directory.
+    for m in &cfg.mounts {
+        if std::fs::symlink_metadata(&m.host_path).is_err() {
+            std::fs::create_dir_all(&m.host_path).map_err(|e| {
+                CriError::InvalidArgument(format!("creating host path {:?}: {e}", m.host_path))
+            })?;
+        }
+    }
+
+    let monitor = svc.containers.monitor().clone();
+    let spec_for_create = built.spec.clone();
+    let dir_for_create = dir.clone();
+    let created = tokio::task::spawn_blocking(move || {
+        ctr::create(&monitor, &spec_for_create, &dir_for_create)
+    })
+    .await
+    .map_err(|e| CriError::Internal(e.to_string()))??;
+
+    let image_ref = image
+        .repo_digests
+        .first()
+        .cloned()
+        .unwrap_or_else(|| image.id.clone());
+    let record = ContainerRecord {
+        id: id.clone(),
+        pod_id: pod.record.id.clone(),
+        name: meta.name,
+        attempt: meta.attempt,
+        image: image_name,
+        image_id: image.id.clone(),
+        image_ref,
+        labels: cfg.labels.into_iter().collect(),
+        annotations: cfg.annotations.into_iter().collect(),
+        log_path: built.log_path,
+        created_at_ns: created.created_at_ns,
+        mounts: cfg
+            .mounts
+            .iter()
+            .map(|m| MountRecord {
+                container_path: m.container_path.clone(),
+                host_path: m.host_path.clone(),
+                readonly: m.readonly,
+                selinux_relabel: m.selinux_relabel,
+                propagation: m.propagation,
+            })
+            .collect(),
+        stop_signal: facts.stop_signal,
+        uid: built.user.uid,
+        gid: built.user.gid,
+        additional_gids: built.user.additional_gids,
+        reserved_name,
+        dir: dir.clone(),
+    };
+    let record = match svc.containers.insert(record) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tokio::task::spawn_blocking(move || ctr::remove(&dir)).await;
+            return Err(e);
+        }
+    };
+    reservation.commit();
+    svc.containers.emit(
+        &record,
+        k8s_cri::v1::ContainerEventType::ContainerCreatedEvent,
+    );
+    Ok(CreateContainerResponse { container_id: id })
+}
+
+/// For PID namespace mode TARGET: the running target container's PID namespace.
+fn target_pid_namespace(
+    svc: &CriService,
+    cfg: &k8s_cri::v1::ContainerConfig,
+) -> CriResult<Option<std::path::PathBuf>> {
+    let ns = cfg
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref());
+    let Some(ns) = ns.filter(|n| n.pid == NamespaceMode::Target as i32) else {
+        return Ok(None);
+    };
+    let target = svc.containers.get(&ns.target_id)?;
+    match svc.containers.state(&target) {
+        ContainerState::Running { pid, .. } | ContainerState::Created { pid } => {
+            Ok(Some(format!("/proc/{pid}/ns/pid").into()))
+        }
+        ContainerState::Exited(_) => Err(CriError::FailedPrecondition(format!(
+            "target container {} is not running",
+            target.id
+        ))),
+    }
+}

@@ -1,0 +1,17 @@
+//! RemoveContainer: kill if needed, remove the rootfs, cgroup and state, forget the record.
+//! Idempotent: an unknown container is fine.
+
+use k8s_cri::v1::{RemoveContainerRequest, RemoveContainerResponse};
+
+use crate::error::CriResult;
+use crate::service::CriService;
+
+pub async fn remove_container(
+    svc: &CriService,
+    req: RemoveContainerRequest,
+) -> CriResult<RemoveContainerResponse> {
+    if let Some(rec) = svc.containers.find(&req.container_id) {
+        svc.containers.remove(&rec).await?;
+    }
+    Ok(RemoveContainerResponse {})
+}

@@ -1,0 +1,39 @@
+//! ExecSync: run a command in a running container's namespaces and cgroup, with the
+//! request's timeout enforced by killing it, and its output capped.
+
+use std::time::Duration;
+
+use k8s_cri::v1::{ExecSyncRequest, ExecSyncResponse};
+use sandbox::container::{self as ctr, ContainerState, ExecRequest};
+
+use crate::error::{CriError, CriResult};
+use crate::service::CriService;
+
+pub async fn exec_sync(svc: &CriService, req: ExecSyncRequest) -> CriResult<ExecSyncResponse> {
+    if req.cmd.is_empty() {
+        return Err(CriError::InvalidArgument("ExecSync needs a command".into()));
+    }
+    let rec = svc.containers.get(&req.container_id)?;
+    let monitor = svc.containers.monitor().clone();
+    let timeout = (req.timeout > 0).then(|| Duration::from_secs(req.timeout as u64));
+    let out = tokio::task::spawn_blocking(move || -> CriResult<ctr::ExecOutput> {
+        if !matches!(ctr::state(&rec.dir)?, ContainerState::Running { .. }) {
+            return Err(CriError::FailedPrecondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        let request = ExecRequest {
+            args: req.cmd,
+            env: Vec::new(),
+        };
+        Ok(ctr::exec_sync(&monitor, &rec.dir, &request, timeout)?)
+    })
+    .await
+    .map_err(|e| CriError::Internal(e.to_string()))??;
+    Ok(ExecSyncResponse {
+        stdout: out.stdout,
+        stderr: out.stderr,
+        exit_code: out.exit_code,
+    })
+}

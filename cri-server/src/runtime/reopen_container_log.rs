@@ -1,0 +1,27 @@
+//! ReopenContainerLog: after the kubelet renamed the log file, the monitor continues in a
+//! new file at the original path. Only for running containers, as the CRI allows.
+
+use k8s_cri::v1::{ReopenContainerLogRequest, ReopenContainerLogResponse};
+use sandbox::container::{self as ctr, ContainerState};
+
+use crate::error::{CriError, CriResult};
+use crate::service::CriService;
+
+pub async fn reopen_container_log(
+    svc: &CriService,
+    req: ReopenContainerLogRequest,
+) -> CriResult<ReopenContainerLogResponse> {
+    let rec = svc.containers.get(&req.container_id)?;
+    tokio::task::spawn_blocking(move || -> CriResult<()> {
+        if !matches!(ctr::state(&rec.dir)?, ContainerState::Running { .. }) {
+            return Err(CriError::FailedPrecondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        Ok(ctr::reopen_log(&rec.dir)?)
+    })
+    .await
+    .map_err(|e| CriError::Internal(e.to_string()))??;
+    Ok(ReopenContainerLogResponse {})
+}
