@@ -675,3 +675,29 @@ fn runs_as_a_non_root_user_without_effective_capabilities() {
         ["1000", "1001", "1001 2000 2001", "CapEff: 0000000000000000"]
     );
 }
+
+#[test]
+fn spawn_exec_streams_stdin_and_stdout() {
+    use std::io::{Read, Write};
+    let fx = Fixture::new();
+    container::create(&monitor(), &fx.spec(&["sleep", "100"]), &fx.dir()).unwrap();
+    container::start(&fx.dir()).unwrap();
+    running_pid(&fx.dir());
+    let req = ExecRequest {
+        args: vec!["sh".into(), "-c".into(), "tr a-z A-Z; exit 4".into()],
+        env: vec![],
+    };
+    let mut process = container::spawn_exec(&monitor(), &fx.dir(), &req, true).unwrap();
+    let mut stdin = process.stdin.take().unwrap();
+    stdin.write_all(b"ping\n").unwrap();
+    drop(stdin);
+    let mut out = String::new();
+    process
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(out, "PING\n");
+    assert_eq!(process.wait().unwrap(), 4);
+}

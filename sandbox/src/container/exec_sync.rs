@@ -3,10 +3,10 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{ContainerError, ExecRequest, MonitorCommand, io_ctx};
@@ -22,14 +22,25 @@ pub struct ExecOutput {
     pub stderr: Vec<u8>,
 }
 
-/// Runs `request` in the container of state dir `dir` and waits at most `timeout` (None:
-/// no limit). Blocking: the daemon calls it from a blocking task.
-pub fn exec_sync(
+/// A process running in a container through the exec helper (Exec and ExecSync).
+pub struct ExecProcess {
+    helper: Child,
+    helper_fd: OwnedFd,
+    status: Capped,
+    /// Present when requested at spawn.
+    pub stdin: Option<ChildStdin>,
+    pub stdout: Option<ChildStdout>,
+    pub stderr: Option<ChildStderr>,
+}
+
+/// Starts `request` in the running container of state dir `dir`. Its stdout and stderr are
+/// pipes; stdin too when `stdin` is set (else /dev/null).
+pub fn spawn_exec(
     monitor: &MonitorCommand,
     dir: &Path,
     request: &ExecRequest,
-    timeout: Option<Duration>,
-) -> Result<ExecOutput, ContainerError> {
+    stdin: bool,
+) -> Result<ExecProcess, ContainerError> {
     let json = serde_json::to_string(request).map_err(|e| ContainerError::Exec(e.to_string()))?;
     let (status_r, status_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_ctx("pipe")(e.into()))?;
@@ -38,7 +49,7 @@ pub fn exec_sync(
     cmd.arg("exec")
         .arg(dir)
         .arg(json)
-        .stdin(Stdio::null())
+        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // SAFETY: dup2 is async-signal-safe; it runs in the forked child before execve and
@@ -53,66 +64,99 @@ pub fn exec_sync(
     }
     let mut helper = cmd.spawn().map_err(io_ctx("starting the exec helper"))?;
     drop(status_w);
-    let helper_fd = pidfd_open(helper.id() as i32).map_err(io_ctx("pidfd_open"))?;
+    let helper_fd = match pidfd_open(helper.id() as i32) {
+        Ok(fd) => fd,
+        Err(e) => {
+            let _ = helper.kill();
+            let _ = helper.wait();
+            return Err(io_ctx("pidfd_open")(e));
+        }
+    };
+    Ok(ExecProcess {
+        stdin: helper.stdin.take(),
+        stdout: helper.stdout.take(),
+        stderr: helper.stderr.take(),
+        helper,
+        helper_fd,
+        status: Capped::new(Some(File::from(status_r))),
+    })
+}
+
+impl ExecProcess {
+    /// Readable once the process has exited (for poll/epoll or an async reactor).
+    pub fn exit_fd(&self) -> BorrowedFd<'_> {
+        self.helper_fd.as_fd()
+    }
+
+    /// Waits for the process and returns its exit code (128 + signal when killed), or
+    /// why it never ran (e.g. `exec: "foo": executable file not found in $PATH`).
+    pub fn wait(mut self) -> Result<i32, ContainerError> {
+        let _ = self.helper.wait();
+        self.status.drain_nonblocking();
+        let status = String::from_utf8_lossy(&self.status.bytes).into_owned();
+        if let Some(msg) = status.lines().find_map(|l| l.strip_prefix("error ")) {
+            return Err(ContainerError::Exec(msg.to_owned()));
+        }
+        parse_status(&status, "exit").ok_or_else(|| {
+            ContainerError::Exec(format!("the exec helper reported nothing ({status:?})"))
+        })
+    }
+
+    /// Kills the process in the container and the helper.
+    pub fn kill(mut self) {
+        // The helper reports its child's pid first; the helper's death also kills the
+        // child through the parent-death signal, should the pid not be known yet.
+        let status = self.status.take_text();
+        if let Some(pid) = parse_status(&status, "pid") {
+            // SAFETY: SIGKILL to the pid our helper reported for its direct child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let _ = self.helper.kill();
+        let _ = self.helper.wait();
+    }
+}
+
+/// Runs `request` in the container of state dir `dir` and waits at most `timeout` (None:
+/// no limit). Blocking: the daemon calls it from a blocking task.
+pub fn exec_sync(
+    monitor: &MonitorCommand,
+    dir: &Path,
+    request: &ExecRequest,
+    timeout: Option<Duration>,
+) -> Result<ExecOutput, ContainerError> {
+    let mut process = spawn_exec(monitor, dir, request, false)?;
     let mut streams = [
-        Some(Capped::new(
-            helper.stdout.take().map(|p| File::from(OwnedFd::from(p))),
-        )),
-        Some(Capped::new(
-            helper.stderr.take().map(|p| File::from(OwnedFd::from(p))),
-        )),
-        Some(Capped::new(Some(File::from(status_r)))),
+        Capped::new(process.stdout.take().map(|p| File::from(OwnedFd::from(p)))),
+        Capped::new(process.stderr.take().map(|p| File::from(OwnedFd::from(p)))),
     ];
     let deadline = timeout.map(|t| Instant::now() + t);
-    let mut timed_out = false;
-    let mut helper_done = false;
-    while !helper_done {
+    loop {
         let wait_ms = match deadline {
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    timed_out = true;
-                    break;
+                    process.kill();
+                    return Err(ContainerError::ExecTimeout(timeout.unwrap_or_default()));
                 }
                 left.as_millis().min(i32::MAX as u128) as i32 + 1
             }
             None => -1,
         };
-        helper_done = poll_once(&mut streams, &helper_fd, wait_ms);
-    }
-    if timed_out {
-        // Kill the exec'd process itself, then the helper (whose death also kills it
-        // through the parent-death signal, should the pid be unknown yet).
-        let status = streams[2]
-            .as_mut()
-            .map(|s| s.take_text())
-            .unwrap_or_default();
-        if let Some(pid) = parse_status(&status, "pid") {
-            // SAFETY: SIGKILL to the pid our helper reported for its direct child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+        if poll_once(&mut streams, process.exit_fd(), wait_ms) {
+            break;
         }
-        let _ = helper.kill();
-        let _ = helper.wait();
-        return Err(ContainerError::ExecTimeout(timeout.unwrap_or_default()));
     }
-    let _ = helper.wait();
     // The process is gone; take what its pipes still hold without waiting on processes it
     // left behind.
-    for s in streams.iter_mut().flatten() {
+    for s in &mut streams {
         s.drain_nonblocking();
     }
-    let [out, err, status] = streams.map(|s| s.map(Capped::into_bytes).unwrap_or_default());
-    let status = String::from_utf8_lossy(&status);
-    if let Some(msg) = status.lines().find_map(|l| l.strip_prefix("error ")) {
-        return Err(ContainerError::Exec(msg.to_owned()));
-    }
-    let exit_code = parse_status(&status, "exit").ok_or_else(|| {
-        ContainerError::Exec(format!("the exec helper reported nothing ({status:?})"))
-    })?;
+    let exit_code = process.wait()?;
+    let [stdout, stderr] = streams.map(Capped::into_bytes);
     Ok(ExecOutput {
         exit_code,
-        stdout: out,
-        stderr: err,
+        stdout,
+        stderr,
     })
 }
 
@@ -124,27 +168,25 @@ fn parse_status(status: &str, key: &str) -> Option<i32> {
 }
 
 /// Polls the open streams and the helper; returns true once the helper exited.
-fn poll_once(streams: &mut [Option<Capped>; 3], helper: &OwnedFd, wait_ms: i32) -> bool {
+fn poll_once(streams: &mut [Capped; 2], helper: BorrowedFd<'_>, wait_ms: i32) -> bool {
     let mut fds = vec![libc::pollfd {
         fd: helper.as_raw_fd(),
         events: libc::POLLIN,
         revents: 0,
     }];
-    for s in streams.iter().flatten() {
-        if let Some(f) = &s.file {
-            fds.push(libc::pollfd {
-                fd: f.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-        }
+    for f in streams.iter().filter_map(|s| s.file.as_ref()) {
+        fds.push(libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
     }
     // SAFETY: fds is a valid pollfd array for the duration of the call.
     let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait_ms) };
     if n <= 0 {
         return false;
     }
-    for s in streams.iter_mut().flatten() {
+    for s in streams.iter_mut() {
         let Some(fd) = s.file.as_ref().map(|f| f.as_raw_fd()) else {
             continue;
         };
