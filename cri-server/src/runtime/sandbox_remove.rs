@@ -11,8 +11,12 @@ pub async fn remove_pod_sandbox(
     svc: &CriService,
     req: RemovePodSandboxRequest,
 ) -> CriResult<RemovePodSandboxResponse> {
-    // The container engine removes the pod's containers here too, once it exists.
     stop_containers_of_pod(svc, &req.pod_sandbox_id).await?;
+    if let Ok(pod) = svc.pods.status(&req.pod_sandbox_id) {
+        for rec in svc.containers.in_pod(&pod.record.id) {
+            svc.containers.remove(&rec).await?;
+        }
+    }
     let pods = svc.pods.clone();
     tokio::task::spawn_blocking(move || pods.remove(&req.pod_sandbox_id))
         .await

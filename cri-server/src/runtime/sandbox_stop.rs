@@ -18,9 +18,15 @@ pub async fn stop_pod_sandbox(
     Ok(StopPodSandboxResponse {})
 }
 
-/// Hook for the container engine: stop every container of the pod (force after their
-/// grace period) before the pod's namespaces and network go. There are no containers yet,
-/// so there is nothing to stop.
-pub(crate) async fn stop_containers_of_pod(_svc: &CriService, _pod_id: &str) -> CriResult<()> {
+/// Stops every container of the pod before its namespaces and network go. The kubelet has
+/// already given them their grace period; what still runs here is killed, as containerd
+/// does.
+pub(crate) async fn stop_containers_of_pod(svc: &CriService, pod_id: &str) -> CriResult<()> {
+    let Ok(pod) = svc.pods.status(pod_id) else {
+        return Ok(());
+    };
+    for rec in svc.containers.in_pod(&pod.record.id) {
+        svc.containers.stop(&rec, std::time::Duration::ZERO).await?;
+    }
     Ok(())
 }
