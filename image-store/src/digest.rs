@@ -37,7 +37,8 @@ impl Hasher {
         self.inner.update(bytes);
         self.len += bytes.len() as u64;
     }
-    pub fn len(&self) -> u64 {
+    /// Bytes hashed so far.
+    pub fn bytes(&self) -> u64 {
         self.len
     }
     pub fn finish(self) -> String {
@@ -47,7 +48,7 @@ impl Hasher {
 
 /// Checks a finished hash against a descriptor's digest and size.
 pub fn verify(what: &str, expected_digest: &str, expected_size: u64, h: Hasher) -> Result<()> {
-    let size = h.len();
+    let size = h.bytes();
     let got = h.finish();
     if size != expected_size {
         return Err(Error::Verification(format!(

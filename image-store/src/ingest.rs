@@ -55,7 +55,7 @@ pub(crate) async fn fetch_document(
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| interrupted(what, &desc.digest, e))?;
         h.update(&chunk);
-        if h.len() > desc.size {
+        if h.bytes() > desc.size {
             break;
         }
         out.extend_from_slice(&chunk);
@@ -299,7 +299,7 @@ impl Ingest<'_> {
             }
             let chunk = chunk.map_err(|e| interrupted("layer", &l.digest, e))?;
             h.update(&chunk);
-            if h.len() > l.size {
+            if h.bytes() > l.size {
                 return Err(Error::Verification(format!(
                     "layer {}: more bytes than the descriptor's size {}",
                     l.digest, l.size

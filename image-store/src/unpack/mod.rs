@@ -121,7 +121,7 @@ pub fn unpack(layer: impl Read, dir: &Path, name: &str, limits: &Limits) -> Resu
     meter.in_entry.set(true);
     let mut metered = archive.into_inner();
     io::copy(&mut metered, &mut io::sink()).map_err(|e| meter.explain(name, e))?;
-    let uncompressed_size = metered.hasher.len();
+    let uncompressed_size = metered.hasher.bytes();
     Ok(Unpacked {
         diff_id: metered.hasher.finish(),
         uncompressed_size,
@@ -169,7 +169,7 @@ impl<R: Read> Read for Metered<R> {
             m.exceeded.set(Some(what));
             Err(io::Error::other(what))
         };
-        if self.hasher.len() > self.limits.max_layer_bytes {
+        if self.hasher.bytes() > self.limits.max_layer_bytes {
             return over(
                 &self.meter,
                 "uncompressed size exceeds the layer size limit",
@@ -348,8 +348,10 @@ impl Extractor {
             } else {
                 libc::S_IFIFO
             };
-            let major = e.header().device_major()?.unwrap_or(0);
-            let minor = e.header().device_minor()?.unwrap_or(0);
+            let malformed =
+                |e: io::Error| EntryError::Unsafe(format!("malformed device number: {e}"));
+            let major = e.header().device_major().map_err(malformed)?.unwrap_or(0);
+            let minor = e.header().device_minor().map_err(malformed)?.unwrap_or(0);
             self.clear(parent, &cname, true)?;
             sys::mknod_at(
                 parent,
@@ -393,14 +395,23 @@ impl Extractor {
 
     fn meta<R: Read>(&self, e: &mut tar::Entry<'_, R>) -> EntryResult<Meta> {
         let h = e.header();
+        let old = h.as_old();
+        // An all-blank numeric field is 0 (some writers leave uid/gid/mtime empty);
+        // anything else unparsable is a malformed header.
+        let num = |r: io::Result<u64>, raw: &[u8], what: &str| match r {
+            Ok(v) => Ok(v),
+            Err(_) if raw.iter().all(|b| *b == 0 || *b == b' ') => Ok(0),
+            Err(e) => Err(EntryError::Unsafe(format!("malformed {what}: {e}"))),
+        };
         let id = |v: u64, what: &str| {
             u32::try_from(v)
                 .map_err(|_| EntryError::Unsafe(format!("{what} {v} is larger than 32 bits")))
         };
-        let uid = id(h.uid()?, "uid")?;
-        let gid = id(h.gid()?, "gid")?;
-        let mode = h.mode()? & 0o7777;
-        let mut mtime = (i64::try_from(h.mtime()?).unwrap_or(0), 0i64);
+        let uid = id(num(h.uid(), &old.uid, "uid")?, "uid")?;
+        let gid = id(num(h.gid(), &old.gid, "gid")?, "gid")?;
+        let mode = num(h.mode().map(u64::from), &old.mode, "mode")? as u32 & 0o7777;
+        let mtime = num(h.mtime(), &old.mtime, "mtime")?;
+        let mut mtime = (i64::try_from(mtime).unwrap_or(0), 0i64);
         let mut xattrs = Vec::new();
         if let Some(pax) = e.pax_extensions()? {
             for ext in pax {
