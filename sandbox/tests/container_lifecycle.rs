@@ -701,3 +701,22 @@ fn spawn_exec_streams_stdin_and_stdout() {
     assert_eq!(out, "PING\n");
     assert_eq!(process.wait().unwrap(), 4);
 }
+
+#[test]
+fn cgroup_stats_of_a_running_container() {
+    let fx = Fixture::new();
+    let spec = fx.spec(&[
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; sleep 100",
+    ]);
+    container::create(&monitor(), &spec, &fx.dir()).unwrap();
+    container::start(&fx.dir()).unwrap();
+    running_pid(&fx.dir());
+    let cgroup = Cgroup::at(&Hierarchy::detect(), &fx.cgroup);
+    wait_for("CPU time to be charged", || cgroup.stats().cpu_usage_ns > 1_000_000);
+    let stats = cgroup.stats();
+    assert!(stats.pids >= 1, "{stats:?}");
+    assert!(stats.memory_usage_bytes > 0, "{stats:?}");
+    assert!(stats.memory_working_set_bytes <= stats.memory_usage_bytes);
+}

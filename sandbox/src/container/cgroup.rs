@@ -273,6 +273,37 @@ impl Cgroup {
             .and_then(|v| v.trim().parse().ok())
     }
 
+    /// Current usage, from the cgroup files (fields the kernel does not offer stay 0).
+    pub fn stats(&self) -> CgroupStats {
+        let read = |controller: &str, file: &str| {
+            self.dir(controller)
+                .and_then(|d| std::fs::read_to_string(d.join(file)).ok())
+                .unwrap_or_default()
+        };
+        let number = |text: String| text.trim().parse::<u64>().unwrap_or(0);
+        if self.v2 {
+            let cpu = read("", "cpu.stat");
+            let memory = read("", "memory.stat");
+            let usage = number(read("", "memory.current"));
+            CgroupStats::from_parts(
+                stat_field(&cpu, "usage_usec") * 1000,
+                usage,
+                stat_field(&memory, "inactive_file"),
+                stat_field(&memory, "anon"),
+                number(read("", "pids.current")),
+            )
+        } else {
+            let memory = read("memory", "memory.stat");
+            CgroupStats::from_parts(
+                number(read("cpuacct", "cpuacct.usage")),
+                number(read("memory", "memory.usage_in_bytes")),
+                stat_field(&memory, "total_inactive_file"),
+                stat_field(&memory, "total_rss"),
+                number(read("pids", "pids.current")),
+            )
+        }
+    }
+
     /// SIGKILLs every process still in the cgroup.
     pub fn kill_all(&self) {
         for (_, dir) in &self.dirs {
@@ -307,8 +338,52 @@ impl Cgroup {
     }
 }
 
+/// Resource usage of one cgroup, in the units the CRI reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CgroupStats {
+    /// CPU time used, all CPUs, in nanoseconds.
+    pub cpu_usage_ns: u64,
+    pub memory_usage_bytes: u64,
+    /// Usage minus inactive page cache: what the kubelet evicts on.
+    pub memory_working_set_bytes: u64,
+    pub memory_rss_bytes: u64,
+    pub pids: u64,
+}
+
+impl CgroupStats {
+    fn from_parts(cpu_ns: u64, usage: u64, inactive_file: u64, rss: u64, pids: u64) -> Self {
+        Self {
+            cpu_usage_ns: cpu_ns,
+            memory_usage_bytes: usage,
+            memory_working_set_bytes: usage.saturating_sub(inactive_file),
+            memory_rss_bytes: rss,
+            pids,
+        }
+    }
+}
+
+/// The value of `name` in a flat-keyed file such as memory.stat (`name value` lines).
+fn stat_field(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == name).then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reads_flat_keyed_stat_files() {
+        let text = "cache 10\ntotal_inactive_file 4096\ntotal_rss 8192\n";
+        assert_eq!(super::stat_field(text, "total_inactive_file"), 4096);
+        assert_eq!(super::stat_field(text, "total_rss"), 8192);
+        assert_eq!(super::stat_field(text, "inactive_file"), 0);
+        let s = super::CgroupStats::from_parts(5, 10_000, 4096, 8192, 2);
+        assert_eq!(s.memory_working_set_bytes, 10_000 - 4096);
+    }
+
     use super::*;
 
     #[test]
