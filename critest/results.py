@@ -57,22 +57,38 @@ def full_text(spec):
     return " ".join((spec.get("ContainerHierarchyTexts") or []) + [spec.get("LeafNodeText", "")])
 
 
+WRAPPERS = ("Timed out after", "Unexpected error:", "Expected success, but got an error:")
+
+
 def first_line(message, limit=300):
-    """The informative first line of a Gomega failure message."""
+    """The informative first line of a Gomega failure message: its first line, plus the
+    substance when that line is only a wrapper ("Unexpected error:", "Timed out after ..."),
+    plus the gRPC error when there is one."""
     lines = [l.strip() for l in (message or "").splitlines() if l.strip()]
     if not lines:
         return ""
-    if lines[0] == "Unexpected error:" and len(lines) > 1:
-        # "Unexpected error:" / "<*T | 0x...>:" [message on the same or the next line]
-        head, _, rest = lines[1].partition(">:")
-        text = rest.strip() if head.startswith("<") else lines[1]
-        if not text and len(lines) > 2:
-            text = lines[2]
-        line = "Unexpected error: " + text
-    elif lines[0] == "Expected" or lines[0].endswith(":"):
-        line = " ".join(lines[:4])
+    if lines[0] == "Expected":
+        out = [" ".join(lines[:4])]
     else:
-        line = lines[0]
+        out, i = [], 0
+        while i < len(lines) and lines[i].startswith(WRAPPERS):
+            out.append(lines[i])
+            i += 1
+        while i < len(lines):
+            line = lines[i]
+            i += 1
+            head, sep, rest = line.partition(">:")
+            if line.startswith("<") and sep:
+                if rest.strip():
+                    out.append(rest.strip())
+                    break
+                continue  # "<*T | 0x...>:" header; the text follows
+            out.append(line)
+            break
+        rpc = next((l for l in lines if "rpc error:" in l), None)
+        if rpc and not any("rpc error:" in o for o in out):
+            out.append(rpc)
+    line = " ".join(out)
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
