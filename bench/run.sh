@@ -25,16 +25,7 @@ while (($#)); do
     esac
 done
 
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    ct_runtime_stop || true
-    ct_cleanup_host || true
-    ct_registry_release || true
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+ct_install_traps
 
 ct_prepare
 for rt in $RUNTIMES; do

@@ -8,6 +8,7 @@
 #   ct_runtime_stop                removes pods, stops the runtime, cleans its state
 #   ct_host_snapshot / ct_cleanup_host   undo what critest specs leak on the host
 #   ct_registry_release            stop the registries if ct_prepare started them
+#   ct_install_traps               all of the above on EXIT/INT/TERM
 #
 # Paths (all private to the harness, so nothing clashes with a berth or containerd that
 # runs on the host for other reasons):
@@ -87,6 +88,39 @@ ct_wait_socket() { # socket pid seconds
     return 1
 }
 
+# Starts a daemon in its own session, logging to $CT_LOGS/NAME.log, and waits until it
+# answers CRI on SOCKET; sets CT_PID and CT_ENDPOINT.
+ct_launch() { # name pidfile socket timeout command...
+    local name=$1 pidfile=$2 sock=$3 timeout=$4
+    shift 4
+    setsid "$@" >"$CT_LOGS/$name.log" 2>&1 </dev/null &
+    CT_PID=$!
+    echo "$CT_PID" >"$pidfile"
+    if ! ct_wait_socket "$sock" "$CT_PID" "$timeout"; then
+        ct_log "$name did not answer on $sock; last log lines:"
+        tail -20 "$CT_LOGS/$name.log" >&2
+        return 1
+    fi
+    CT_ENDPOINT=unix://$sock
+}
+
+# EXIT/INT/TERM traps for a script that uses this library: stop the runtime, clean the
+# host, release the registries, then run the caller's optional ct_extra_cleanup.
+ct_install_traps() {
+    trap ct_on_exit EXIT
+    trap 'exit 130' INT TERM
+}
+
+ct_on_exit() {
+    local rc=$?
+    trap - EXIT INT TERM
+    ct_runtime_stop || true
+    ct_cleanup_host || true
+    ct_registry_release || true
+    if declare -F ct_extra_cleanup >/dev/null; then ct_extra_cleanup || true; fi
+    exit "$rc"
+}
+
 ct_runtime_start() { # berth|containerd [berth-binary]
     CT_RUNTIME=$1
     CT_NETNS_BEFORE=$(ip netns list 2>/dev/null | awk '{print $1}' | sort)
@@ -142,17 +176,9 @@ ct_berth_start() { # binary
     ct_wipe_dir "$CT_LIB/berth"
     ct_wipe_dir "$CT_RUN/berth-state"
     rm -f "$sock"
-    setsid "$CT_RUN/berth" serve --config "$CT_RUN/berth.toml" --socket "$sock" \
-        --root "$CT_LIB/berth" --state "$CT_RUN/berth-state" \
-        >"$CT_LOGS/berth.log" 2>&1 </dev/null &
-    CT_PID=$!
-    echo "$CT_PID" >"$CT_RUN/berth.pid"
-    if ! ct_wait_socket "$sock" "$CT_PID" 30; then
-        ct_log "berth did not answer on $sock; last log lines:"
-        tail -20 "$CT_LOGS/berth.log" >&2
-        return 1
-    fi
-    CT_ENDPOINT=unix://$sock
+    ct_launch berth "$CT_RUN/berth.pid" "$sock" 30 \
+        "$CT_RUN/berth" serve --config "$CT_RUN/berth.toml" --socket "$sock" \
+        --root "$CT_LIB/berth" --state "$CT_RUN/berth-state" || return 1
     ct_log "berth $("$CT_RUN/berth" --version 2>/dev/null) serving $CT_ENDPOINT (pid $CT_PID, log $CT_LOGS/berth.log)"
 }
 
@@ -208,15 +234,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   [plugins."io.containerd.internal.v1.opt"]
     path = "$CT_LIB/containerd/opt"
 EOF
-    setsid /usr/bin/containerd --config "$d/config.toml" >"$CT_LOGS/containerd.log" 2>&1 </dev/null &
-    CT_PID=$!
-    echo "$CT_PID" >"$d/containerd.pid"
-    if ! ct_wait_socket "$d/containerd.sock" "$CT_PID" 60; then
-        ct_log "containerd did not answer; last log lines:"
-        tail -20 "$CT_LOGS/containerd.log" >&2
-        return 1
-    fi
-    CT_ENDPOINT=unix://$d/containerd.sock
+    ct_launch containerd "$d/containerd.pid" "$d/containerd.sock" 60 \
+        /usr/bin/containerd --config "$d/config.toml" || return 1
     ct_log "containerd $(/usr/bin/containerd --version | awk '{print $3}') serving $CT_ENDPOINT (pid $CT_PID)"
 }
 
@@ -316,25 +335,26 @@ ct_registry_release() {
     fi
 }
 
+ct_tmp_dirs() { ls -d /tmp/test* /tmp/podLogTest* /tmp/cri-test* /tmp/apparmor* 2>/dev/null | sort || true; }
+ct_shm_ids() { awk 'NR > 1 {print $2}' /proc/sysvipc/shm | sort; }
+
 ct_host_snapshot() {
-    CT_TMP_BEFORE=$(ls -d /tmp/test* /tmp/podLogTest* /tmp/cri-test* /tmp/apparmor* 2>/dev/null | sort || true)
-    CT_SHM_BEFORE=$(awk 'NR > 1 {print $2}' /proc/sysvipc/shm | sort)
+    CT_TMP_BEFORE=$(ct_tmp_dirs)
+    CT_SHM_BEFORE=$(ct_shm_ids)
+    CT_SNAPSHOT=1
 }
 
+# Only what appeared since ct_host_snapshot (nothing without a snapshot).
 ct_cleanup_host() {
-    local d m id n=0
-    while read -r m; do
-        [[ -n $m ]] || continue
-        umount -l "$m" 2>/dev/null && n=$((n + 1))
-    done < <(awk '$5 ~ /^\/tmp\/(test|podLogTest|cri-test)/ {print $5}' /proc/self/mountinfo | sort -r)
-    ((n == 0)) || ct_log "unmounted $n leftover mount(s) under /tmp"
-    for d in $(comm -13 <(echo "${CT_TMP_BEFORE:-}") \
-        <(ls -d /tmp/test* /tmp/podLogTest* /tmp/cri-test* /tmp/apparmor* 2>/dev/null | sort)); do
-        rm -rf "$d"
+    [[ ${CT_SNAPSHOT:-0} == 1 ]] || return 0
+    local d id
+    for d in $(comm -13 <(echo "$CT_TMP_BEFORE") <(ct_tmp_dirs)); do
+        ct_wipe_dir "$d" # also unmounts the self bind mounts of the propagation specs
     done
     # Segments created during the run by ipcmk (1 MiB, nobody attached).
-    for id in $(comm -13 <(echo "${CT_SHM_BEFORE:-}") <(awk 'NR > 1 {print $2}' /proc/sysvipc/shm | sort)); do
+    for id in $(comm -13 <(echo "$CT_SHM_BEFORE") <(ct_shm_ids)); do
         awk -v id="$id" 'NR > 1 && $2 == id && $4 == 1048576 && $7 == 0 {f=1} END {exit !f}' /proc/sysvipc/shm &&
             ipcrm -m "$id" 2>/dev/null && ct_log "removed SysV shm segment $id"
     done
+    CT_SNAPSHOT=0
 }

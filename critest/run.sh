@@ -47,16 +47,7 @@ while (($#)); do
 done
 [[ $RUNTIME == berth || $RUNTIME == containerd ]] || { echo "run.sh: --runtime berth|containerd" >&2; exit 2; }
 
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    ct_runtime_stop || true
-    ct_cleanup_host || true
-    ct_registry_release || true
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+ct_install_traps
 
 ct_prepare
 mkdir -p "$HERE/results" "$CT_LOGS"

@@ -29,16 +29,8 @@ while (($#)); do
 done
 
 WORK=$CT_RUN/wasm-smoke
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    ct_runtime_stop || true
-    rm -rf "$WORK"
-    ct_registry_release || true
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+ct_extra_cleanup() { rm -rf "$WORK"; }
+ct_install_traps
 
 ct_prepare
 ct_runtime_start berth "$BERTH_BIN"
