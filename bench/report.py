@@ -145,7 +145,8 @@ def main():
             lines.append(f"- {rt}: not run yet (`bench/run.sh --runtimes {rt}`)")
             continue
         version = " ".join(x for x in (m.get("RuntimeName"), m.get("RuntimeVersion")) if x)
-        lines.append(f"- {rt}: run {m.get('date', '?')}" + (f" ({version})" if version else ""))
+        load = f", load average before the run {m['loadavg']}" if m.get("loadavg") else ""
+        lines.append(f"- {rt}: run {m.get('date', '?')}" + (f" ({version})" if version else "") + load)
     lines.append("- Command: `bench/run.sh` (both runtimes, one after the other), which runs per runtime:")
     lines.append("")
     lines.append("```")

@@ -45,6 +45,7 @@ for rt in $RUNTIMES; do
         echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
         echo "nproc=$(nproc)"
         echo "kernel=$(uname -r)"
+        echo "loadavg=$(cut -d' ' -f1-3 /proc/loadavg)"
         crictl -r "$CT_ENDPOINT" version 2>/dev/null | awk -F':[ ]*' '$1 ~ /^Runtime(Name|Version)$/ {print $1 "=" $2}'
     } >"$out/meta.txt"
     printf 'critest' >"$out/command.txt"
