@@ -125,6 +125,8 @@ ct_runtime_start() { # berth|containerd [berth-binary]
     CT_RUNTIME=$1
     CT_NETNS_BEFORE=$(ip netns list 2>/dev/null | awk '{print $1}' | sort)
     CT_CHAINS_BEFORE=$(ct_cni_chains)
+    CT_HOSTPORT_BEFORE=0
+    iptables -w -t nat -S CNI-HOSTPORT-DNAT >/dev/null 2>&1 && CT_HOSTPORT_BEFORE=1
     CT_BRIDGE_BEFORE=""
     local br
     br=$(ct_cni_bridge 2>/dev/null || true)
@@ -318,6 +320,16 @@ ct_cleanup_network() {
         iptables -w -t nat -F "$chain" 2>/dev/null && iptables -w -t nat -X "$chain" 2>/dev/null &&
             ct_log "removed leftover iptables chain $chain"
     done
+    # portmap's top-level chains, if this run brought them and no port mapping is left.
+    if [[ ${CT_HOSTPORT_BEFORE:-1} == 0 ]] &&
+        [[ $(iptables -w -t nat -S CNI-HOSTPORT-DNAT 2>/dev/null) == "-N CNI-HOSTPORT-DNAT" ]]; then
+        iptables -w -t nat -S 2>/dev/null | grep -E '^-A (PREROUTING|OUTPUT|POSTROUTING) .*-j CNI-HOSTPORT-' |
+            while read -r rule; do eval "iptables -w -t nat -D ${rule#-A }" 2>/dev/null || true; done
+        for chain in CNI-HOSTPORT-DNAT CNI-HOSTPORT-MASQ CNI-HOSTPORT-SETMARK; do
+            iptables -w -t nat -F "$chain" 2>/dev/null && iptables -w -t nat -X "$chain" 2>/dev/null || true
+        done
+        ct_log "removed the CNI-HOSTPORT-* chains portmap created"
+    fi
     br=$(ct_cni_bridge 2>/dev/null || true)
     if [[ -n $br && $br != "${CT_BRIDGE_BEFORE:-}" && -d /sys/class/net/$br ]] &&
         [[ -z $(ls "/sys/class/net/$br/brif" 2>/dev/null) ]]; then
