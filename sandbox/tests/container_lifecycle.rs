@@ -687,7 +687,11 @@ fn spawn_exec_streams_stdin_and_stdout() {
         args: vec!["sh".into(), "-c".into(), "tr a-z A-Z; exit 4".into()],
         env: vec![],
     };
-    let mut process = container::spawn_exec(&monitor(), &fx.dir(), &req, true).unwrap();
+    let stdio = container::ExecStdio {
+        stdin: true,
+        tty: false,
+    };
+    let mut process = container::spawn_exec(&monitor(), &fx.dir(), &req, stdio).unwrap();
     let mut stdin = process.stdin.take().unwrap();
     stdin.write_all(b"ping\n").unwrap();
     drop(stdin);
@@ -714,9 +718,47 @@ fn cgroup_stats_of_a_running_container() {
     container::start(&fx.dir()).unwrap();
     running_pid(&fx.dir());
     let cgroup = Cgroup::at(&Hierarchy::detect(), &fx.cgroup);
-    wait_for("CPU time to be charged", || cgroup.stats().cpu_usage_ns > 1_000_000);
+    wait_for("CPU time to be charged", || {
+        cgroup.stats().cpu_usage_ns > 1_000_000
+    });
     let stats = cgroup.stats();
     assert!(stats.pids >= 1, "{stats:?}");
     assert!(stats.memory_usage_bytes > 0, "{stats:?}");
     assert!(stats.memory_working_set_bytes <= stats.memory_usage_bytes);
+}
+
+#[test]
+fn spawn_exec_with_a_terminal() {
+    use std::io::{Read, Write};
+    let fx = Fixture::new();
+    container::create(&monitor(), &fx.spec(&["sleep", "100"]), &fx.dir()).unwrap();
+    container::start(&fx.dir()).unwrap();
+    running_pid(&fx.dir());
+    let req = ExecRequest {
+        args: vec!["sh".into()],
+        env: vec![],
+    };
+    let stdio = container::ExecStdio {
+        stdin: true,
+        tty: true,
+    };
+    let mut process = container::spawn_exec(&monitor(), &fx.dir(), &req, stdio).unwrap();
+    process.resize(33, 101).unwrap();
+    let mut terminal = process.terminal.take().unwrap();
+    terminal
+        .write_all(b"test -t 0 && echo IS-A-TTY; stty size; exit 6\n")
+        .unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    // EIO once the process side of the terminal is closed.
+    while let Ok(n) = terminal.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains("IS-A-TTY\r\n"), "{out:?}");
+    assert!(out.contains("33 101\r\n"), "{out:?}");
+    assert_eq!(process.wait().unwrap(), 6);
 }

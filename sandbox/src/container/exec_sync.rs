@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Stdio};
@@ -27,31 +27,56 @@ pub struct ExecProcess {
     helper: Child,
     helper_fd: OwnedFd,
     status: Capped,
-    /// Present when requested at spawn.
+    /// Present when requested at spawn (never with a terminal).
     pub stdin: Option<ChildStdin>,
     pub stdout: Option<ChildStdout>,
     pub stderr: Option<ChildStderr>,
+    /// The terminal's master side: read the output, write the input. Reads fail with EIO
+    /// once the process is gone.
+    pub terminal: Option<File>,
 }
 
-/// Starts `request` in the running container of state dir `dir`. Its stdout and stderr are
-/// pipes; stdin too when `stdin` is set (else /dev/null).
+/// How the exec'd process's stdio is wired.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExecStdio {
+    /// A stdin pipe (without it, stdin is /dev/null).
+    pub stdin: bool,
+    /// A terminal instead of pipes, as the process's controlling tty.
+    pub tty: bool,
+}
+
+/// Starts `request` in the running container of state dir `dir`, with stdout and stderr
+/// pipes (or one terminal).
 pub fn spawn_exec(
     monitor: &MonitorCommand,
     dir: &Path,
     request: &ExecRequest,
-    stdin: bool,
+    stdio: ExecStdio,
 ) -> Result<ExecProcess, ContainerError> {
     let json = serde_json::to_string(request).map_err(|e| ContainerError::Exec(e.to_string()))?;
     let (status_r, status_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_ctx("pipe")(e.into()))?;
     let status_raw = status_w.as_raw_fd();
     let mut cmd = monitor.command();
-    cmd.arg("exec")
-        .arg(dir)
-        .arg(json)
-        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+    cmd.arg("exec").arg(dir).arg(json);
+    let mut terminal = None;
+    if stdio.tty {
+        let (master, slave) = open_terminal().map_err(io_ctx("allocating a terminal"))?;
+        let dup = |fd: &OwnedFd| fd.try_clone().map(Stdio::from);
+        cmd.arg(crate::monitor::TTY_FLAG)
+            .stdin(dup(&slave).map_err(io_ctx("dup"))?)
+            .stdout(dup(&slave).map_err(io_ctx("dup"))?)
+            .stderr(Stdio::from(slave));
+        terminal = Some(File::from(master));
+    } else {
+        cmd.stdin(if stdio.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    }
     // SAFETY: dup2 is async-signal-safe; it runs in the forked child before execve and
     // places the status pipe on fd 3 without close-on-exec.
     unsafe {
@@ -63,6 +88,9 @@ pub fn spawn_exec(
         });
     }
     let mut helper = cmd.spawn().map_err(io_ctx("starting the exec helper"))?;
+    // Our copies of the child's ends (status pipe, terminal slave) go now, so EOF and EIO
+    // arrive when the child side is done.
+    drop(cmd);
     drop(status_w);
     let helper_fd = match pidfd_open(helper.id() as i32) {
         Ok(fd) => fd,
@@ -76,6 +104,7 @@ pub fn spawn_exec(
         stdin: helper.stdin.take(),
         stdout: helper.stdout.take(),
         stderr: helper.stderr.take(),
+        terminal,
         helper,
         helper_fd,
         status: Capped::new(Some(File::from(status_r))),
@@ -86,6 +115,14 @@ impl ExecProcess {
     /// Readable once the process has exited (for poll/epoll or an async reactor).
     pub fn exit_fd(&self) -> BorrowedFd<'_> {
         self.helper_fd.as_fd()
+    }
+
+    /// Sets the terminal's size (rows and columns), as the client's resize messages ask.
+    pub fn resize(&self, rows: u16, cols: u16) -> Result<(), ContainerError> {
+        let Some(terminal) = &self.terminal else {
+            return Ok(());
+        };
+        set_size(terminal.as_fd(), rows, cols).map_err(io_ctx("resizing the terminal"))
     }
 
     /// Waits for the process and returns its exit code (128 + signal when killed), or
@@ -124,7 +161,7 @@ pub fn exec_sync(
     request: &ExecRequest,
     timeout: Option<Duration>,
 ) -> Result<ExecOutput, ContainerError> {
-    let mut process = spawn_exec(monitor, dir, request, false)?;
+    let mut process = spawn_exec(monitor, dir, request, ExecStdio::default())?;
     let mut streams = [
         Capped::new(process.stdout.take().map(|p| File::from(OwnedFd::from(p)))),
         Capped::new(process.stderr.take().map(|p| File::from(OwnedFd::from(p)))),
@@ -158,6 +195,50 @@ pub fn exec_sync(
         stdout,
         stderr,
     })
+}
+
+/// A new pseudo-terminal on the host's devpts: (master, slave), both close-on-exec.
+fn open_terminal() -> io::Result<(OwnedFd, OwnedFd)> {
+    // SAFETY: posix_openpt/grantpt/unlockpt/ptsname_r on an fd we own; checked results.
+    unsafe {
+        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        if master < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let master = OwnedFd::from_raw_fd(master);
+        if libc::grantpt(master.as_raw_fd()) != 0 || libc::unlockpt(master.as_raw_fd()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut name = [0 as libc::c_char; 64];
+        let rc = libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len());
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        let slave = libc::open(
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        if slave < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let slave = OwnedFd::from_raw_fd(slave);
+        set_size(master.as_fd(), 24, 80)?;
+        Ok((master, slave))
+    }
+}
+
+fn set_size(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<()> {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ with a valid winsize on a terminal fd.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &size) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn parse_status(status: &str, key: &str) -> Option<i32> {

@@ -31,7 +31,7 @@ pub use crate::monitor::ExecRequest;
 use crate::monitor::{REQ_REOPEN, REQ_START};
 use crate::undo::Undo;
 use cgroup::{Cgroup, CgroupError, Hierarchy};
-pub use exec_sync::{ExecOutput, ExecProcess, MAX_EXEC_OUTPUT, exec_sync, spawn_exec};
+pub use exec_sync::{ExecOutput, ExecProcess, ExecStdio, MAX_EXEC_OUTPUT, exec_sync, spawn_exec};
 pub use spec::{ContainerSpec, SpecError};
 use state::{ExitRecord, ProcessId, StartRecord};
 

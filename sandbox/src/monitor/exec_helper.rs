@@ -28,13 +28,15 @@ pub struct ExecRequest {
 }
 
 pub(crate) const STATUS_FD: i32 = 3;
+/// Last argument when stdio is a terminal the process should take as its controlling tty.
+pub(crate) const TTY_FLAG: &str = "--tty";
 
-pub(super) fn run(dir: &Path, request: Option<std::ffi::OsString>) -> i32 {
+pub(super) fn run(dir: &Path, request: Option<std::ffi::OsString>, tty: bool) -> i32 {
     // SAFETY: the daemon placed the status pipe on fd 3 for us.
     let mut status = unsafe { File::from_raw_fd(STATUS_FD) };
     // SAFETY: fcntl on our fd 3: the exec'd process must not inherit it.
     unsafe { libc::fcntl(STATUS_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
-    match prepare_and_fork(dir, request, &mut status) {
+    match prepare_and_fork(dir, request, tty, &mut status) {
         Ok(code) => {
             let _ = writeln!(status, "exit {code}");
             0
@@ -77,6 +79,7 @@ fn namespaces_of(pid: i32) -> Result<Vec<(File, CloneFlags)>, String> {
 fn prepare_and_fork(
     dir: &Path,
     request: Option<std::ffi::OsString>,
+    tty: bool,
     status: &mut File,
 ) -> Result<i32, String> {
     let request: ExecRequest = request
@@ -114,7 +117,7 @@ fn prepare_and_fork(
     // SAFETY: the helper is single-threaded.
     match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
-            let msg = child_main(&spec, &request, cgroup.as_ref(), &namespaces, helper);
+            let msg = child_main(&spec, &request, tty, cgroup.as_ref(), &namespaces, helper);
             let _ = writeln!(status, "error {}", msg.replace('\n', " "));
             // SAFETY: leave without running the helper's destructors.
             unsafe { libc::_exit(127) }
@@ -138,11 +141,20 @@ fn prepare_and_fork(
 fn child_main(
     spec: &ContainerSpec,
     request: &ExecRequest,
+    tty: bool,
     cgroup: Option<&Cgroup>,
     namespaces: &[(File, CloneFlags)],
     helper: i32,
 ) -> String {
     child::reset_process_state();
+    if tty {
+        // A session of its own with the terminal on stdin as its controlling tty.
+        // SAFETY: setsid and ioctl on our own stdin.
+        let ok = unsafe { libc::setsid() >= 0 && libc::ioctl(0, libc::TIOCSCTTY, 0) == 0 };
+        if !ok {
+            return format!("taking the terminal: {}", std::io::Error::last_os_error());
+        }
+    }
     // If the helper is killed (timeout), the exec'd process dies with it.
     // SAFETY: plain prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };

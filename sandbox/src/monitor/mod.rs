@@ -30,7 +30,7 @@ use crate::container::state::{self, ExitRecord, ProcessId, StartRecord};
 use cri_log::{Framer, LogFile, Stream};
 
 pub use exec_helper::ExecRequest;
-pub(crate) use exec_helper::STATUS_FD;
+pub(crate) use exec_helper::{STATUS_FD, TTY_FLAG};
 
 /// Entry point for the monitor's argv (after the program name and any `__monitor` word).
 /// Runs before any runtime or logging is set up; returns the process exit code.
@@ -40,9 +40,15 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let dir = args.next().map(PathBuf::from);
     match (mode.as_ref().and_then(|m| m.to_str()), dir) {
         (Some("create"), Some(dir)) => run_create(&dir),
-        (Some("exec"), Some(dir)) => exec_helper::run(&dir, args.next()),
+        (Some("exec"), Some(dir)) => {
+            let request = args.next();
+            let tty = args.next().is_some_and(|a| a == exec_helper::TTY_FLAG);
+            exec_helper::run(&dir, request, tty)
+        }
         _ => {
-            eprintln!("usage: __monitor create <state-dir> | exec <state-dir> <request-json>");
+            eprintln!(
+                "usage: __monitor create <state-dir> | exec <state-dir> <request-json> [--tty]"
+            );
             2
         }
     }
