@@ -2,10 +2,13 @@
 //! take it away again; if the whole creation does not reach `commit`, the steps are undone
 //! in reverse order when the stack is dropped (on an early `?` return or a panic).
 
+/// One registered undo action and the name of the step it undoes.
+type Step = (&'static str, Box<dyn FnOnce() + Send>);
+
 /// Undo actions, run last-in first-out unless committed.
 #[derive(Default)]
 pub struct Undo {
-    steps: Vec<(&'static str, Box<dyn FnOnce() + Send>)>,
+    steps: Vec<Step>,
 }
 
 impl Undo {
@@ -39,11 +42,11 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
-    fn recorder() -> (
-        Arc<Mutex<Vec<&'static str>>>,
-        impl Fn(&'static str) -> Box<dyn FnOnce() + Send>,
-    ) {
-        let log = Arc::new(Mutex::new(Vec::new()));
+    type Log = Arc<Mutex<Vec<&'static str>>>;
+
+    /// A shared log, and a maker of undo actions that append their name to it.
+    fn recorder() -> (Log, impl Fn(&'static str) -> Box<dyn FnOnce() + Send>) {
+        let log: Log = Arc::new(Mutex::new(Vec::new()));
         let l = log.clone();
         let make = move |name: &'static str| -> Box<dyn FnOnce() + Send> {
             let l = l.clone();

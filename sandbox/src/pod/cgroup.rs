@@ -59,10 +59,10 @@ fn parse_mountinfo(text: &str) -> Vec<PathBuf> {
             continue;
         };
         let fstype = right.split_whitespace().next().unwrap_or("");
-        if fstype == "cgroup" || fstype == "cgroup2" {
-            if let Some(mp) = left.split_whitespace().nth(4) {
-                out.push(PathBuf::from(mp));
-            }
+        if (fstype == "cgroup" || fstype == "cgroup2")
+            && let Some(mp) = left.split_whitespace().nth(4)
+        {
+            out.push(PathBuf::from(mp));
         }
     }
     out

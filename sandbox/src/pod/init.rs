@@ -17,6 +17,9 @@ pub const POD_INIT_ARG: &str = "__pod-init";
 /// Its name in `ps` (argv[0]) and in `/proc/<pid>/comm`.
 pub const POD_INIT_NAME: &str = "berth-pod-init";
 
+/// The fd on which the pod init reports that it is set up (one byte, then closed).
+const READY_FD: libc::c_int = 3;
+
 /// The pod init's whole life. Call it first thing in `main`, before any runtime, thread
 /// or logger starts. Never returns.
 pub fn pod_init_main() -> ! {
@@ -31,6 +34,8 @@ pub fn pod_init_main() -> ! {
             libc::sigaddset(&mut set, sig);
         }
         libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        libc::write(READY_FD, b"r".as_ptr().cast(), 1);
+        libc::close(READY_FD);
         loop {
             match libc::sigwaitinfo(&set, std::ptr::null_mut()) {
                 libc::SIGCHLD => {
@@ -69,6 +74,8 @@ pub(crate) fn spawn(cgroup_procs: &[impl AsRef<Path>]) -> io::Result<InitProcess
         })
         .collect::<io::Result<_>>()?;
     let proc_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
+    let (ready_read, ready_write) = ready_pipe()?;
+    let ready_fd = ready_write.as_raw_fd();
     // The program is never executed: the last pre_exec hook replaces the child with the
     // sealed copy and returns only its error.
     let mut cmd = Command::new("/proc/self/exe");
@@ -81,6 +88,10 @@ pub(crate) fn spawn(cgroup_procs: &[impl AsRef<Path>]) -> io::Result<InitProcess
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // dup2 clears close-on-exec on the copy: the init inherits exactly this one.
+            if libc::dup2(ready_fd, READY_FD) < 0 {
                 return Err(io::Error::last_os_error());
             }
             for fd in &proc_fds {
@@ -96,12 +107,65 @@ pub(crate) fn spawn(cgroup_procs: &[impl AsRef<Path>]) -> io::Result<InitProcess
         .spawn()
         .map_err(|e| io::Error::new(e.kind(), format!("starting the pod init: {e}")))?;
     drop(procs);
+    drop(ready_write);
     let pid = child.id() as i32;
+    if let Err(e) = wait_ready(ready_read, pid) {
+        // Still our unreaped child, so the PID is still its.
+        // SAFETY: kill and waitpid on that child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        return Err(e);
+    }
     // The Child handle is dropped without waiting: berth reaps the init when it stops the
     // pod (`terminate`), and after a daemon restart the host's init does.
     let start_time = proc_start_time(pid)?
         .ok_or_else(|| io::Error::other(format!("the pod init (pid {pid}) exited at once")))?;
     Ok(InitProcess { pid, start_time })
+}
+
+fn ready_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: two fresh fds we now own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Waits for the init's ready byte, so that when the pod is reported created its init
+/// really runs (named, signals set up). EOF means it died first.
+fn wait_ready(ready: OwnedFd, pid: i32) -> io::Result<()> {
+    const READY_TIMEOUT_MS: libc::c_int = 10_000;
+    let mut pfd = libc::pollfd {
+        fd: ready.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll and read on an fd we own, into a local buffer.
+    let (n, got) = unsafe {
+        let n = libc::poll(&mut pfd, 1, READY_TIMEOUT_MS);
+        let mut byte = 0u8;
+        let got = if n > 0 {
+            libc::read(ready.as_raw_fd(), (&mut byte as *mut u8).cast(), 1)
+        } else {
+            0
+        };
+        (n, got)
+    };
+    match (n, got) {
+        (1.., 1) => Ok(()),
+        (0, _) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the pod init (pid {pid}) did not report ready"),
+        )),
+        _ => Err(io::Error::other(format!(
+            "the pod init (pid {pid}) exited before it was ready"
+        ))),
+    }
 }
 
 impl InitProcess {

@@ -541,7 +541,7 @@ fn host_hostname() -> String {
 /// Whether `p` is a mounted namespace (nsfs), i.e. the pin still holds it.
 fn is_pinned(p: &Path) -> bool {
     const NSFS_MAGIC: i64 = 0x6e73_6673;
-    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
+    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == NSFS_MAGIC)
 }
 
 fn log_failure<E: std::fmt::Display>(what: &str, r: Result<(), E>) {
