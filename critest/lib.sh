@@ -197,6 +197,8 @@ ct_containerd_start() {
     ct_apt_install runc
     ct_wipe_dir "$CT_LIB/containerd"
     ct_wipe_dir "$d"
+    CT_RUN_CONTAINERD_BEFORE=0
+    [[ -e /run/containerd ]] && CT_RUN_CONTAINERD_BEFORE=1
     mkdir -p "$d/certs.d" "$CT_LIB/containerd"
     for h in "${CT_MIRRORED_HOSTS[@]}" 127.0.0.1:5000 localhost:5000; do
         mkdir -p "$d/certs.d/$h"
@@ -227,6 +229,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         runtime_type = "io.containerd.runc.v2"
         [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
           SystemdCgroup = false
+          Root = "$d/runc"
     [plugins."io.containerd.grpc.v1.cri".cni]
       bin_dir = "/usr/lib/cni"
       conf_dir = "$CT_CNI_DIR"
@@ -242,15 +245,33 @@ EOF
 }
 
 # Stop and remove every pod (and so container) the runtime still has.
+# A second pass catches a RunPodSandbox that an interrupted critest left in flight.
 ct_remove_pods() {
     [[ -n $CT_ENDPOINT ]] || return 0
-    local ids id
-    ids=$(crictl --timeout 20s -r "$CT_ENDPOINT" pods -q 2>/dev/null || true)
-    for id in $ids; do
-        crictl --timeout 60s -r "$CT_ENDPOINT" stopp "$id" >/dev/null 2>&1 || true
-        crictl --timeout 60s -r "$CT_ENDPOINT" rmp -f "$id" >/dev/null 2>&1 || true
+    local ids id pass n=0
+    for pass in 1 2; do
+        ((pass == 1)) || sleep 1
+        ids=$(crictl --timeout 20s -r "$CT_ENDPOINT" pods -q 2>/dev/null || true)
+        for id in $ids; do
+            crictl --timeout 60s -r "$CT_ENDPOINT" stopp "$id" >/dev/null 2>&1 || true
+            crictl --timeout 60s -r "$CT_ENDPOINT" rmp -f "$id" >/dev/null 2>&1 || true
+            n=$((n + 1))
+        done
     done
-    [[ -z $ids ]] || ct_log "removed $(wc -w <<<"$ids") pod(s) left behind"
+    ((n == 0)) || ct_log "removed $n pod(s) left behind"
+}
+
+# CNI state of sandboxes whose teardown never ran (their runtime died first): host-local
+# IP reservations and libcni's result cache. (The veths die with the netns.)
+ct_release_cni() { # sandbox IDs...
+    local id f
+    for id in "$@"; do
+        for f in /var/lib/cni/networks/*/*; do
+            [[ -f $f && $(head -1 "$f" 2>/dev/null | tr -d '\r') == "$id" ]] && rm -f "$f" &&
+                ct_log "released IP ${f##*/} of sandbox ${id:0:12}"
+        done
+        rm -f /var/lib/cni/results/*-"$id"-*
+    done
 }
 
 ct_kill_pid() { # pid [seconds]
@@ -289,8 +310,12 @@ ct_runtime_stop() {
             { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -q -- "containerd-shim.*-address $addr" &&
                 ct_kill_pid "${p#/proc/}" 5
         done
+        # shellcheck disable=SC2046
+        ct_release_cni $(ls "$CT_RUN/containerd/state/io.containerd.runtime.v2.task/k8s.io" 2>/dev/null)
         ct_wipe_dir "$CT_LIB/containerd"
         ct_wipe_dir "$CT_RUN/containerd"
+        # containerd 1.6 puts shim sockets in /run/containerd/s whatever its state dir is.
+        [[ ${CT_RUN_CONTAINERD_BEFORE:-1} == 1 ]] || rm -rf /run/containerd
     else
         ct_kill_rooted_under "$CT_LIB/berth" "$CT_RUN/berth-state"
         ct_wipe_dir "$CT_LIB/berth"
