@@ -216,7 +216,7 @@ impl PodManager {
             log_failure("unpinning namespaces", namespaces::unpin_all(&ns_dir))
         });
         let t_cgroup = started.elapsed();
-        let init = namespaces::create(NamespacePlan {
+        let mut pending = namespaces::start(NamespacePlan {
             dir: paths.ns_dir.clone(),
             network,
             hostname: spec.hostname.clone(),
@@ -229,11 +229,8 @@ impl PodManager {
             pod_init: (spec.namespaces.pid == NamespaceMode::Pod)
                 .then(|| cgroup::procs_files(&cgroup_dirs)),
         })?;
-        if let Some(init) = init {
-            undo.push("pod init", move || {
-                log_failure("killing the pod init", init.terminate(INIT_EXIT_TIMEOUT))
-            });
-        }
+        pending.pinned()?;
+        let t_namespaces = started.elapsed();
 
         if spec.namespaces.ipc != NamespaceMode::Node {
             mount_shm(&paths.shm)?;
@@ -254,23 +251,39 @@ impl PodManager {
             None => copy_host_file("/etc/resolv.conf", &paths.resolv_conf)?,
         }
 
-        let t_namespaces = started.elapsed();
-        let mut ips = Vec::new();
-        if let Some(list) = &net_list {
-            let cni = self.cni.clone();
-            let cni_id = id.clone();
-            undo.push("pod network", move || {
-                log_failure("CNI DEL", cni.del(&cni_id))
+        // CNI runs while the namespace thread starts the pod init.
+        let network_result = match &net_list {
+            Some(list) => {
+                let cni = self.cni.clone();
+                let cni_id = id.clone();
+                undo.push("pod network", move || {
+                    log_failure("CNI DEL", cni.del(&cni_id))
+                });
+                self.cni
+                    .add(list, &attachment(&id, &paths, &spec))
+                    .map(|r| Some(r.pod_ips(POD_IFNAME)))
+            }
+            None => Ok(None),
+        };
+        let init = pending.finish()?;
+        if let Some(init) = init {
+            undo.push("pod init", move || {
+                log_failure("killing the pod init", init.terminate(INIT_EXIT_TIMEOUT))
             });
-            let result = self.cni.add(list, &attachment(&id, &paths, &spec))?;
-            ips = result.pod_ips(POD_IFNAME);
-            write_file(
-                &paths.hosts,
-                &files::render_hosts(ips.first().copied(), &hostname),
-            )?;
-        } else {
-            copy_host_file("/etc/hosts", &paths.hosts)?;
         }
+        let ips = match network_result? {
+            Some(ips) => {
+                write_file(
+                    &paths.hosts,
+                    &files::render_hosts(ips.first().copied(), &hostname),
+                )?;
+                ips
+            }
+            None => {
+                copy_host_file("/etc/hosts", &paths.hosts)?;
+                Vec::new()
+            }
+        };
 
         let t_network = started.elapsed();
         let record = PodRecord {

@@ -61,25 +61,97 @@ pub fn pin_path(dir: &Path, kind: &str) -> PathBuf {
     dir.join(kind)
 }
 
-/// Creates and pins the namespaces of `plan`; returns the pod init if one was started.
-/// On failure whatever was pinned stays for the caller's `unpin_all` (which it must have
-/// registered before calling).
-pub fn create(plan: NamespacePlan) -> Result<Option<InitProcess>, NamespaceError> {
-    std::thread::Builder::new()
+/// Namespaces being created. The thread reports once the network, UTS and IPC pins are
+/// in place (`pinned`) and then goes on to start the pod init, so the caller can run CNI
+/// meanwhile (`finish` collects the init). On failure whatever was pinned stays for the
+/// caller's `unpin_all`, which it must have registered before calling `start`.
+pub struct PendingNamespaces {
+    pinned: std::sync::mpsc::Receiver<Result<(), NamespaceError>>,
+    thread: Option<std::thread::JoinHandle<Result<Option<InitProcess>, NamespaceError>>>,
+}
+
+/// Starts creating the namespaces of `plan` on a dedicated thread.
+pub fn start(plan: NamespacePlan) -> Result<PendingNamespaces, NamespaceError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
         .name("pod-namespaces".into())
-        .spawn(move || create_on_this_thread(&plan))
-        .map_err(sys("starting the namespace thread"))?
-        .join()
-        .unwrap_or_else(|_| {
+        .spawn(move || create_on_this_thread(&plan, &tx))
+        .map_err(sys("starting the namespace thread"))?;
+    Ok(PendingNamespaces {
+        pinned: rx,
+        thread: Some(thread),
+    })
+}
+
+impl PendingNamespaces {
+    /// Waits until the network, UTS and IPC namespaces are pinned (CNI can run then).
+    pub fn pinned(&mut self) -> Result<(), NamespaceError> {
+        match self.pinned.recv() {
+            Ok(r) => r,
+            // The thread ended without a word: it failed before pinning; say how.
+            Err(_) => self.join().map(|_| ()),
+        }
+    }
+
+    /// Waits for the whole creation; returns the pod init if one was started.
+    pub fn finish(mut self) -> Result<Option<InitProcess>, NamespaceError> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<Option<InitProcess>, NamespaceError> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(None);
+        };
+        thread.join().unwrap_or_else(|_| {
             Err(NamespaceError::Sys {
                 what: "the namespace thread".into(),
                 source: io::Error::other("panicked"),
             })
         })
+    }
 }
 
-fn create_on_this_thread(plan: &NamespacePlan) -> Result<Option<InitProcess>, NamespaceError> {
+impl Drop for PendingNamespaces {
+    /// Abandoned (the pod creation failed elsewhere): an init started meanwhile must not
+    /// outlive the pod.
+    fn drop(&mut self) {
+        if let Ok(Some(init)) = self.join() {
+            let _ = init.terminate(std::time::Duration::from_secs(5));
+        }
+    }
+}
+
+fn create_on_this_thread(
+    plan: &NamespacePlan,
+    pinned: &std::sync::mpsc::Sender<Result<(), NamespaceError>>,
+) -> Result<Option<InitProcess>, NamespaceError> {
     let started = std::time::Instant::now();
+    let r = pin_own_namespaces(plan);
+    let failed = r.is_err();
+    let _ = pinned.send(r);
+    if failed {
+        return Ok(None); // the error went to `pinned`
+    }
+    let pinned = started.elapsed();
+    let Some(cgroup_procs) = &plan.pod_init else {
+        tracing::debug!(?pinned, "pod namespaces pinned");
+        return Ok(None);
+    };
+    unshare(CloneFlags::CLONE_NEWPID).map_err(sys("unsharing the PID namespace"))?;
+    let init = init::spawn(cgroup_procs).map_err(sys("starting the pod init"))?;
+    tracing::debug!(?pinned, init_started = ?started.elapsed(), "pod namespaces pinned");
+    if let Err(e) = pin(
+        &format!("/proc/{}/ns/pid", init.pid),
+        &pin_path(&plan.dir, "pid"),
+    ) {
+        let _ = init.terminate(std::time::Duration::from_secs(5));
+        return Err(e);
+    }
+    Ok(Some(init))
+}
+
+/// Unshares, configures and pins the network+UTS and IPC namespaces of the calling thread.
+fn pin_own_namespaces(plan: &NamespacePlan) -> Result<(), NamespaceError> {
     make_private_dir(&plan.dir)?;
     let mut flags = CloneFlags::empty();
     if plan.network {
@@ -113,22 +185,7 @@ fn create_on_this_thread(plan: &NamespacePlan) -> Result<Option<InitProcess>, Na
             )?;
         }
     }
-    let pinned = started.elapsed();
-    let Some(cgroup_procs) = &plan.pod_init else {
-        tracing::debug!(?pinned, "pod namespaces pinned");
-        return Ok(None);
-    };
-    unshare(CloneFlags::CLONE_NEWPID).map_err(sys("unsharing the PID namespace"))?;
-    let init = init::spawn(cgroup_procs).map_err(sys("starting the pod init"))?;
-    tracing::debug!(?pinned, init_started = ?started.elapsed(), "pod namespaces pinned");
-    if let Err(e) = pin(
-        &format!("/proc/{}/ns/pid", init.pid),
-        &pin_path(&plan.dir, "pid"),
-    ) {
-        let _ = init.terminate(std::time::Duration::from_secs(5));
-        return Err(e);
-    }
-    Ok(Some(init))
+    Ok(())
 }
 
 /// `dir`, bound onto itself and made private.
