@@ -816,15 +816,56 @@ async fn a_hundred_cycles_leak_nothing() {
     assert_eq!(count_pod_inits(&net.cgroup_parent), 0, "pod inits leaked");
 }
 
-/// Pod inits living in pods under `cgroup_parent` (other tests and daemons have their own).
+/// Live pod inits (not zombies: after a daemon restart the host's init reaps them) in pods
+/// under `cgroup_parent` (other tests and daemons have their own).
 fn count_pod_inits(cgroup_parent: &str) -> usize {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter(|e| {
             std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c == "berth-pod-init\n")
+                && std::fs::read_to_string(e.path().join("stat"))
+                    .is_ok_and(|st| !st.contains(") Z "))
                 && std::fs::read_to_string(e.path().join("cgroup"))
                     .is_ok_and(|c| c.contains(&format!("{cgroup_parent}/")))
         })
         .count()
+}
+
+/// After a crash (SIGKILL) the restarted daemon lists the pod as it is and tears its
+/// network down from the cached CNI result: lease, veth and portmap rules all go.
+#[tokio::test]
+async fn a_crashed_daemon_recovers_its_pods_and_their_networks() {
+    let net = TestNet::new("crash", "10.89.7.0/24");
+    let mut daemon = net.start();
+    let _cleanup = RemoveAllPods::of(&daemon);
+    let mut rt = daemon.runtime().await;
+    let mut config = pod_config("crash", Some(&net));
+    config.port_mappings = vec![cri::PortMapping {
+        protocol: cri::Protocol::Tcp as i32,
+        container_port: 80,
+        host_port: 12101,
+        host_ip: String::new(),
+    }];
+    let id = run(&mut rt, config).await.expect("RunPodSandbox");
+    let (before, _) = status(&mut rt, &id).await;
+
+    daemon.kill9();
+    daemon.spawn();
+    let mut rt = daemon.runtime().await;
+    let (after, info) = status(&mut rt, &id).await;
+    assert_eq!(after.state, cri::PodSandboxState::SandboxReady as i32);
+    assert_eq!(after.network, before.network);
+    assert_eq!(after.created_at, before.created_at);
+    assert!(pin(&info, "net").exists());
+    assert_eq!(net.leases().len(), 1);
+
+    stop(&mut rt, &id).await;
+    assert!(net.leases().is_empty(), "{:?}", net.leases());
+    assert!(net.veths().is_empty(), "{:?}", net.veths());
+    assert!(iptables_rules_mentioning(&id).is_empty());
+    remove(&mut rt, &id).await;
+    assert!(mounts_under(&daemon.state).is_empty());
+    assert!(net.cgroups().is_empty(), "{:?}", net.cgroups());
+    assert_eq!(count_pod_inits(&net.cgroup_parent), 0);
 }
