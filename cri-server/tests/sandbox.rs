@@ -869,3 +869,50 @@ async fn a_crashed_daemon_recovers_its_pods_and_their_networks() {
     assert!(net.cgroups().is_empty(), "{:?}", net.cgroups());
     assert_eq!(count_pod_inits(&net.cgroup_parent), 0);
 }
+
+/// A crash after the pod was built but before its record was committed leaves a pod the
+/// store does not know: the next start removes all of it (init, pins, shm, cgroup, lease,
+/// veth, portmap rules).
+#[tokio::test]
+async fn a_pod_without_a_record_is_cleaned_up_at_start() {
+    let net = TestNet::new("orphan", "10.89.8.0/24");
+    let mut daemon = net.start();
+    let _cleanup = RemoveAllPods::of(&daemon);
+    let mut rt = daemon.runtime().await;
+    let mut config = pod_config("orphan", Some(&net));
+    config.port_mappings = vec![cri::PortMapping {
+        protocol: cri::Protocol::Tcp as i32,
+        container_port: 80,
+        host_port: 12102,
+        host_ip: String::new(),
+    }];
+    let id = run(&mut rt, config).await.expect("RunPodSandbox");
+    assert_eq!(count_pod_inits(&net.cgroup_parent), 1);
+
+    daemon.kill9();
+    {
+        let store = meta_store::MetaStore::open(&daemon.root.join("meta.redb")).unwrap();
+        assert!(store.delete::<sandbox::pod::PodRecord>(&id).unwrap());
+    }
+    daemon.spawn();
+    let mut rt = daemon.runtime().await;
+    let e = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    assert!(
+        mounts_under(&daemon.state).is_empty(),
+        "{:?}",
+        mounts_under(&daemon.state)
+    );
+    assert!(!daemon.state.join("pods").join(&id).exists());
+    assert_eq!(count_pod_inits(&net.cgroup_parent), 0);
+    assert!(net.cgroups().is_empty(), "{:?}", net.cgroups());
+    assert!(net.leases().is_empty(), "{:?}", net.leases());
+    assert!(net.veths().is_empty(), "{:?}", net.veths());
+    assert!(iptables_rules_mentioning(&id).is_empty());
+}

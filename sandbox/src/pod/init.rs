@@ -250,6 +250,30 @@ impl InitProcess {
     }
 }
 
+/// The process that is PID 1 of the PID namespace pinned at `pin`, if it still runs.
+pub(crate) fn pid_namespace_init(pin: &Path) -> Option<InitProcess> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(pin).ok()?.ino();
+    let want = format!("pid:[{ino}]");
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let in_ns = std::fs::read_link(entry.path().join("ns/pid"))
+            .is_ok_and(|l| l.as_os_str() == want.as_str());
+        let is_init = in_ns
+            && std::fs::read_to_string(entry.path().join("status")).is_ok_and(|st| {
+                st.lines()
+                    .find(|l| l.starts_with("NSpid:"))
+                    .is_some_and(|l| l.split_whitespace().last() == Some("1"))
+            });
+        if is_init && let Ok(Some(start_time)) = proc_start_time(pid) {
+            return Some(InitProcess { pid, start_time });
+        }
+    }
+    None
+}
+
 fn proc_start_time(pid: i32) -> io::Result<Option<u64>> {
     Ok(proc_stat(pid)?.map(|(_, start)| start))
 }

@@ -158,6 +158,14 @@ impl PodManager {
                 }
             }
         }
+        let pods_dir = cfg.state_dir.join("pods");
+        for entry in std::fs::read_dir(&pods_dir).into_iter().flatten().flatten() {
+            let id = entry.file_name().to_string_lossy().to_string();
+            if !pods.contains_key(&id) {
+                tracing::info!(pod = %id, "removing what a crash left of a pod being created");
+                remove_orphan(&PodPaths::new(&cfg.state_dir, &id));
+            }
+        }
         tracing::info!(pods = pods.len(), "pod sandboxes loaded");
         Ok(PodManager {
             cfg,
@@ -210,6 +218,8 @@ impl PodManager {
         undo.push("pod cgroup", move || {
             log_failure("removing the pod cgroup", cgroup::remove(&dirs))
         });
+        // For the clean-up after a crash before the record is written (`remove_orphan`).
+        write_file(&paths.dir.join(ORPHAN_CGROUP_FILE), &rel.to_string_lossy())?;
 
         let ns_dir = paths.ns_dir.clone();
         undo.push("pinned namespaces", move || {
@@ -455,6 +465,40 @@ impl Drop for Reservation<'_> {
     }
 }
 
+/// The file in a pod's directory naming its cgroup, relative to each hierarchy.
+const ORPHAN_CGROUP_FILE: &str = "cgroup";
+
+/// Removes what a creation interrupted by a crash left of a pod that has no record: its
+/// init (found as PID 1 of the pinned PID namespace), mounts, cgroup and directory. Its
+/// CNI attachment, if any, is released from the CNI cache. Best effort, logged.
+fn remove_orphan(paths: &PodPaths) {
+    if let Some(init) = init::pid_namespace_init(&paths.namespace("pid")) {
+        log_failure(
+            "killing an orphaned pod init",
+            init.terminate(INIT_EXIT_TIMEOUT),
+        );
+    }
+    log_failure(
+        "unmounting an orphaned pod shm",
+        namespaces::detach(&paths.shm),
+    );
+    log_failure(
+        "unpinning orphaned namespaces",
+        namespaces::unpin_all(&paths.ns_dir),
+    );
+    if let Ok(rel) = std::fs::read_to_string(paths.dir.join(ORPHAN_CGROUP_FILE)) {
+        let dirs: Vec<PathBuf> = cgroup::hierarchies()
+            .iter()
+            .map(|h| h.join(rel.trim()))
+            .collect();
+        log_failure("removing an orphaned pod cgroup", cgroup::remove(&dirs));
+    }
+    log_failure(
+        "removing an orphaned pod directory",
+        std::fs::remove_dir_all(&paths.dir),
+    );
+}
+
 fn validate(spec: &PodSpec) -> Result<(), PodError> {
     let bad = |m: String| Err(PodError::InvalidArgument(m));
     if spec.name.is_empty() || spec.namespace.is_empty() {
@@ -559,7 +603,7 @@ fn is_pinned(p: &Path) -> bool {
 
 fn log_failure<E: std::fmt::Display>(what: &str, r: Result<(), E>) {
     if let Err(e) = r {
-        tracing::warn!(error = %e, "{what} while undoing a failed pod creation");
+        tracing::warn!(error = %e, "{what} failed while cleaning up");
     }
 }
 
