@@ -40,6 +40,11 @@ enum Command {
         #[arg(long)]
         log_level: Option<String>,
     },
+    /// Image helpers for nodes without a registry.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -55,6 +60,21 @@ enum ConfigCommand {
     Check {
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Import an OCI image layout directory or a docker-archive tarball (`docker save`)
+    /// into the image store. Stop berth first: its metadata store admits one process.
+    Import {
+        /// The OCI layout directory or the tarball (gzip allowed)
+        path: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Persistent data directory (overrides `root_dir`)
+        #[arg(long)]
+        root: Option<PathBuf>,
     },
 }
 
@@ -108,6 +128,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?
                 .block_on(cri_server::server::serve(config))
+        }
+        Command::Image {
+            command: ImageCommand::Import { path, config, root },
+        } => {
+            let overrides = Overrides {
+                root_dir: root,
+                ..Overrides::default()
+            };
+            let config = Config::load(config.as_deref(), &overrides)?;
+            cri_server::logging::init(&config.log);
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(cri_server::image::import::import(&config, &path))
         }
         Command::Config { command } => match command {
             ConfigCommand::Default => {

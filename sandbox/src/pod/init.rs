@@ -48,12 +48,26 @@ pub fn pod_init_main() -> ! {
     }
 }
 
-/// A running pod init, identified by PID and start time so a reused PID is never
-/// mistaken for it.
+/// A running pod init, identified by PID, start time and boot, so a reused PID (also
+/// after a reboot, when start times begin again) is never mistaken for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InitProcess {
     pub pid: i32,
     pub start_time: u64,
+    /// The first 64 bits of the kernel's boot id when the init was started.
+    #[serde(default)]
+    pub boot: u64,
+}
+
+/// The first 64 bits of this boot's id (0 if unreadable).
+fn boot() -> u64 {
+    static BOOT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *BOOT.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .and_then(|id| u64::from_str_radix(&id.replace('-', "")[..16], 16).ok())
+            .unwrap_or(0)
+    })
 }
 
 /// Starts the pod init as a child of the calling thread, which must already be in the
@@ -122,7 +136,11 @@ pub(crate) fn spawn(cgroup_procs: &[impl AsRef<Path>]) -> io::Result<InitProcess
     // pod (`terminate`), and after a daemon restart the host's init does.
     let start_time = proc_start_time(pid)?
         .ok_or_else(|| io::Error::other(format!("the pod init (pid {pid}) exited at once")))?;
-    Ok(InitProcess { pid, start_time })
+    Ok(InitProcess {
+        pid,
+        start_time,
+        boot: boot(),
+    })
 }
 
 fn ready_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -169,9 +187,15 @@ fn wait_ready(ready: OwnedFd, pid: i32) -> io::Result<()> {
 }
 
 impl InitProcess {
+    /// Started since the last reboot (records from before it name long-gone processes).
+    fn this_boot(&self) -> bool {
+        self.boot == 0 || self.boot == boot()
+    }
+
     /// Whether this very process still runs (not exited, not a zombie).
     pub fn is_alive(&self) -> bool {
-        matches!(proc_stat(self.pid), Ok(Some((state, start))) if start == self.start_time && state != 'Z' && state != 'X')
+        self.this_boot()
+            && matches!(proc_stat(self.pid), Ok(Some((state, start))) if start == self.start_time && state != 'Z' && state != 'X')
     }
 
     /// Kills the init (and with it every process of its PID namespace) and waits until it
@@ -230,6 +254,9 @@ impl InitProcess {
     /// A pidfd for this process, or None if it no longer exists (or the PID was reused).
     pub fn pidfd(&self) -> io::Result<Option<OwnedFd>> {
         use std::os::fd::FromRawFd;
+        if !self.this_boot() {
+            return Ok(None);
+        }
         // SAFETY: pidfd_open returns a new fd or -1.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid, 0) };
         if fd < 0 {
@@ -268,7 +295,11 @@ pub(crate) fn pid_namespace_init(pin: &Path) -> Option<InitProcess> {
                     .is_some_and(|l| l.split_whitespace().last() == Some("1"))
             });
         if is_init && let Ok(Some(start_time)) = proc_start_time(pid) {
-            return Some(InitProcess { pid, start_time });
+            return Some(InitProcess {
+                pid,
+                start_time,
+                boot: boot(),
+            });
         }
     }
     None
@@ -316,8 +347,24 @@ mod tests {
         let p = InitProcess {
             pid: i32::MAX - 1,
             start_time: 1,
+            boot: boot(),
         };
         assert!(!p.is_alive());
+        // Ourselves, but recorded in another boot: not the same process.
+        let me = std::process::id() as i32;
+        let start_time = proc_start_time(me).unwrap().unwrap();
+        let same = InitProcess {
+            pid: me,
+            start_time,
+            boot: boot(),
+        };
+        assert!(same.is_alive());
+        let other_boot = InitProcess {
+            boot: boot() ^ 1,
+            ..same
+        };
+        assert!(!other_boot.is_alive());
+        assert!(other_boot.pidfd().unwrap().is_none());
         assert!(p.pidfd().unwrap().is_none());
         p.terminate(std::time::Duration::from_millis(10)).unwrap();
     }
