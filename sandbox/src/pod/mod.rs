@@ -176,6 +176,19 @@ impl PodManager {
         })
     }
 
+    /// The network pods attach to; an error says why there is none usable.
+    fn ready_network(&self) -> Result<cni::NetworkConfigList, PodError> {
+        match cni::find_network(&self.cfg.cni_conf_dir, &self.cfg.cni_bin_dirs) {
+            (Some(list), NetworkReadiness::Ready) => Ok(list),
+            (_, NetworkReadiness::NotReady { message, .. }) => {
+                Err(PodError::NetworkNotReady(message))
+            }
+            (None, NetworkReadiness::Ready) => {
+                Err(PodError::NetworkNotReady("no CNI network config".into()))
+            }
+        }
+    }
+
     pub fn paths(&self, id: &str) -> PodPaths {
         PodPaths::new(&self.cfg.state_dir, id)
     }
@@ -187,13 +200,7 @@ impl PodManager {
         let _reservation = self.reserve(&key)?;
         let network = spec.namespaces.network != NamespaceMode::Node;
         let net_list = if network {
-            match cni::find_network(&self.cfg.cni_conf_dir, &self.cfg.cni_bin_dirs) {
-                (Some(list), NetworkReadiness::Ready) => Some(list),
-                (_, NetworkReadiness::NotReady { message, .. }) => {
-                    return Err(PodError::NetworkNotReady(message));
-                }
-                (None, NetworkReadiness::Ready) => unreachable!("ready without a config"),
-            }
+            Some(self.ready_network()?)
         } else {
             None
         };
@@ -250,16 +257,7 @@ impl PodManager {
             });
         }
 
-        let hostname = if spec.hostname.is_empty() {
-            host_hostname()
-        } else {
-            spec.hostname.clone()
-        };
-        write_file(&paths.hostname, &format!("{hostname}\n"))?;
-        match files::render_resolv_conf(&spec.dns) {
-            Some(text) => write_file(&paths.resolv_conf, &text)?,
-            None => copy_host_file("/etc/resolv.conf", &paths.resolv_conf)?,
-        }
+        let hostname = write_name_files(&paths, &spec)?;
 
         // CNI runs while the namespace thread starts the pod init.
         let network_result = match &net_list {
@@ -559,6 +557,22 @@ fn attachment(id: &str, paths: &PodPaths, spec: &PodSpec) -> Attachment {
             .cloned()
             .collect(),
     }
+}
+
+/// Writes /etc/hostname and /etc/resolv.conf for the pod; returns the hostname (the
+/// host's when the pod names none).
+fn write_name_files(paths: &PodPaths, spec: &PodSpec) -> Result<String, PodError> {
+    let hostname = if spec.hostname.is_empty() {
+        host_hostname()
+    } else {
+        spec.hostname.clone()
+    };
+    write_file(&paths.hostname, &format!("{hostname}\n"))?;
+    match files::render_resolv_conf(&spec.dns) {
+        Some(text) => write_file(&paths.resolv_conf, &text)?,
+        None => copy_host_file("/etc/resolv.conf", &paths.resolv_conf)?,
+    }
+    Ok(hostname)
 }
 
 fn mount_shm(path: &Path) -> Result<(), PodError> {

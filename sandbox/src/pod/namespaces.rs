@@ -152,6 +152,9 @@ fn create_on_this_thread(
 
 /// Unshares, configures and pins the network+UTS and IPC namespaces of the calling thread.
 fn pin_own_namespaces(plan: &NamespacePlan) -> Result<(), NamespaceError> {
+    if !(plan.network || plan.ipc || plan.pod_init.is_some()) {
+        return Ok(()); // all host namespaces: nothing to pin
+    }
     make_private_dir(&plan.dir)?;
     let mut flags = CloneFlags::empty();
     if plan.network {
