@@ -96,6 +96,11 @@ fn main() -> ExitCode {
     if std::env::args_os().nth(1).as_deref() == Some(sandbox::pod::init::POD_INIT_ARG.as_ref()) {
         sandbox::pod::init::pod_init_main();
     }
+    // A WASI guest as a container's (or an exec's) process: it owns its signals and
+    // threads, so it too starts before anything else.
+    if std::env::args_os().nth(1).as_deref() == Some("__wasm-run".as_ref()) {
+        std::process::exit(wasm_exec::runner::main(std::env::args_os().skip(2).collect()));
+    }
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
