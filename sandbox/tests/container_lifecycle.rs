@@ -83,6 +83,8 @@ impl Fixture {
                     .collect(),
                 oom_score_adj: None,
                 seccomp_default: false,
+                stdin: false,
+                stdin_once: false,
             },
             namespaces: Namespaces::default(),
             hostname: None,
@@ -761,4 +763,41 @@ fn spawn_exec_with_a_terminal() {
     assert!(out.contains("IS-A-TTY\r\n"), "{out:?}");
     assert!(out.contains("33 101\r\n"), "{out:?}");
     assert_eq!(process.wait().unwrap(), 6);
+}
+
+#[test]
+fn attach_relays_stdin_and_output() {
+    use sandbox::monitor::attach::{STDERR, STDOUT, decode_frame};
+    use std::io::{Read, Write};
+    let fx = Fixture::new();
+    let mut spec = fx.spec(&["sh", "-c", "read line; echo got $line; echo err >&2; cat"]);
+    spec.process.stdin = true;
+    spec.process.stdin_once = true;
+    container::create(&monitor(), &spec, &fx.dir()).unwrap();
+    let mut conn = container::attach(&fx.dir()).unwrap();
+    container::start(&fx.dir()).unwrap();
+    conn.write_all(b"hello\nrest\n").unwrap();
+    // Done with stdin: with stdin_once the container's stdin closes, so `cat` ends.
+    conn.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut wire = Vec::new();
+    conn.read_to_end(&mut wire).unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut rest = &wire[..];
+    while let Some((stream, payload, used)) = decode_frame(rest) {
+        match stream {
+            STDOUT => out.extend_from_slice(payload),
+            STDERR => err.extend_from_slice(payload),
+            other => panic!("stream {other}"),
+        }
+        rest = &rest[used..];
+    }
+    assert!(rest.is_empty());
+    assert_eq!(String::from_utf8_lossy(&out), "got hello\nrest\n");
+    assert_eq!(String::from_utf8_lossy(&err), "err\n");
+    assert_eq!(fx.wait_exit().exit_code, 0);
+    assert_eq!(fx.stdout(), ["got hello", "rest"]);
+    assert!(matches!(
+        container::attach(&fx.dir()),
+        Err(ContainerError::NotRunning)
+    ));
 }

@@ -285,6 +285,16 @@ fn connect(path: &Path) -> io::Result<UnixStream> {
     UnixStream::connect(Path::new(&format!("/proc/self/fd/{}", parent.as_raw_fd())).join(name))
 }
 
+/// Connects to the container's output (and stdin, if it has one); the wire format is
+/// described in `crate::monitor::attach`. Errors with `NotRunning` once it exited.
+pub fn attach(dir: &Path) -> Result<UnixStream, ContainerError> {
+    let path = dir.join(state::ATTACH);
+    connect(&path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ContainerError::NotRunning,
+        _ => io_ctx(format!("connecting to {path:?}"))(e),
+    })
+}
+
 /// Lets the created container process execve its entrypoint.
 pub fn start(dir: &Path) -> Result<(), ContainerError> {
     control(dir, REQ_START)?.map_err(ContainerError::Start)

@@ -65,6 +65,12 @@ pub struct Process {
     pub oom_score_adj: Option<i32>,
     /// Apply berth's RuntimeDefault seccomp profile.
     pub seccomp_default: bool,
+    /// Give the process a stdin pipe that attach clients write into (else /dev/null).
+    #[serde(default)]
+    pub stdin: bool,
+    /// Close that stdin when the first attach client is done with it.
+    #[serde(default)]
+    pub stdin_once: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -308,6 +314,8 @@ mod tests {
                 capabilities: vec!["CHOWN".into()],
                 oom_score_adj: None,
                 seccomp_default: false,
+                stdin: false,
+                stdin_once: false,
             },
             namespaces: Namespaces::default(),
             hostname: None,

@@ -22,6 +22,8 @@ pub const STARTED: &str = "started.json";
 pub const EXIT: &str = "exit.json";
 /// The monitor's control socket (start, reopen-log).
 pub const CONTROL: &str = "ctl";
+/// The monitor's attach socket (see `crate::monitor::attach`).
+pub const ATTACH: &str = "attach";
 /// Mount point of the container's root inside its own mount namespace (empty on the host).
 pub const ROOTFS: &str = "rootfs";
 

@@ -8,6 +8,7 @@
 //! `<berth> __monitor exec <state-dir> <request-json>` is the exec helper: it enters a running
 //! container's namespaces and cgroup and runs one more process there (ExecSync).
 
+pub mod attach;
 pub mod cri_log;
 mod exec_helper;
 
@@ -104,6 +105,7 @@ struct Monitor {
     /// execve succeeded.
     sync: UnixStream,
     control: UnixListener,
+    attachments: attach::Attachments,
     stdout: Option<File>,
     stderr: Option<File>,
     log: LogFile,
@@ -135,15 +137,12 @@ impl Monitor {
         let control_path = dir.join(state::CONTROL);
         let _ = std::fs::remove_file(&control_path);
         // Bound through the directory's fd, so a state dir deeper than sun_path allows works.
-        let dir_fd = std::fs::File::open(dir).map_err(|e| format!("opening {dir:?}: {e}"))?;
-        let control = UnixListener::bind(format!(
-            "/proc/self/fd/{}/{}",
-            std::os::fd::AsRawFd::as_raw_fd(&dir_fd),
-            state::CONTROL
-        ))
-        .map_err(|e| format!("control socket {control_path:?}: {e}"))?;
-        drop(dir_fd);
-        control.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let control = listen_in(dir, state::CONTROL)?;
+        let attach_listener = listen_in(dir, state::ATTACH)?;
+        let (stdin_r, stdin_w) = match spec.process.stdin {
+            true => pipe().map(|(r, w)| (Some(r), Some(w)))?,
+            false => (None, None),
+        };
         let (mut sync, child_sync) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
         let cgroup = spec
             .cgroup
@@ -167,12 +166,13 @@ impl Monitor {
         // SAFETY: the monitor is single-threaded.
         let pid = match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
             ForkResult::Child => {
-                drop((out_r, err_r, sync));
-                container_main(&spec, dir, cgroup.as_ref(), out_w, err_w, child_sync)
+                drop((out_r, err_r, sync, stdin_w));
+                let stdio = [stdin_r, Some(out_w), Some(err_w)];
+                container_main(&spec, dir, cgroup.as_ref(), stdio, child_sync)
             }
             ForkResult::Parent { child } => child,
         };
-        drop((out_w, err_w, child_sync));
+        drop((out_w, err_w, child_sync, stdin_r));
         let child = ProcessId::of(pid.as_raw()).map_err(|e| format!("container process: {e}"))?;
         let pidfd = pidfd_open(pid.as_raw()).map_err(|e| format!("pidfd_open: {e}"))?;
 
@@ -181,6 +181,7 @@ impl Monitor {
         if reply.trim_end() != "ready" {
             let _ = waitpid(pid, None);
             let _ = std::fs::remove_file(&control_path);
+            let _ = std::fs::remove_file(dir.join(state::ATTACH));
             let msg = reply
                 .trim_end()
                 .strip_prefix("error ")
@@ -197,6 +198,11 @@ impl Monitor {
             pidfd,
             sync,
             control,
+            attachments: attach::Attachments::new(
+                attach_listener,
+                stdin_w,
+                spec.process.stdin_once,
+            ),
             stdout: Some(out_r),
             stderr: Some(err_r),
             log,
@@ -218,6 +224,7 @@ impl Monitor {
             for f in [&self.stdout, &self.stderr].into_iter().flatten() {
                 fds.push(poll_fd(f.as_raw_fd()));
             }
+            fds.extend(self.attachments.poll_fds());
             // SAFETY: fds is a valid array of pollfd for the duration of the call.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
             if n < 0 {
@@ -230,6 +237,7 @@ impl Monitor {
             if ready(self.control.as_raw_fd()) {
                 self.serve_control();
             }
+            self.attachments.handle(ready);
             for stream in [Stream::Stdout, Stream::Stderr] {
                 if let Some(fd) = self.pipe(stream).as_ref().map(|f| f.as_raw_fd())
                     && ready(fd)
@@ -265,6 +273,7 @@ impl Monitor {
                     return;
                 }
                 Ok(n) => {
+                    self.attachments.broadcast(stream, &buf[..n]);
                     // A full disk must not stop the container: the bytes are dropped.
                     let _ = self
                         .framer
@@ -361,6 +370,8 @@ impl Monitor {
             message: self.start_error.take(),
         };
         let _ = std::fs::remove_file(self.dir.join(state::CONTROL));
+        let _ = std::fs::remove_file(self.dir.join(state::ATTACH));
+        self.attachments.close();
         match state::write_json(&self.dir, state::EXIT, &record) {
             Ok(()) => 0,
             Err(_) => 1,
@@ -373,8 +384,7 @@ fn container_main(
     spec: &ContainerSpec,
     dir: &Path,
     cgroup: Option<&Cgroup>,
-    stdout: File,
-    stderr: File,
+    stdio: [Option<File>; 3],
     mut sync: UnixStream,
 ) -> ! {
     let fail = |sync: &mut UnixStream, msg: String| -> ! {
@@ -382,17 +392,13 @@ fn container_main(
         // SAFETY: leave without running the monitor's destructors.
         unsafe { libc::_exit(127) }
     };
-    let stdin = match File::open("/dev/null") {
-        Ok(f) => f,
-        Err(e) => fail(&mut sync, format!("opening /dev/null: {e}")),
-    };
-    for (fd, target) in [
-        (stdin.as_raw_fd(), 0),
-        (stdout.as_raw_fd(), 1),
-        (stderr.as_raw_fd(), 2),
-    ] {
-        // SAFETY: dup2 onto stdio; the sources stay open until execve.
-        if unsafe { libc::dup2(fd, target) } < 0 {
+    for (target, file) in stdio.into_iter().enumerate() {
+        let file = match file.map_or_else(|| File::open("/dev/null"), Ok) {
+            Ok(f) => f,
+            Err(e) => fail(&mut sync, format!("opening /dev/null: {e}")),
+        };
+        // SAFETY: dup2 onto stdio; the source closes at execve (close-on-exec).
+        if unsafe { libc::dup2(file.as_raw_fd(), target as i32) } < 0 {
             fail(&mut sync, format!("dup2: {}", io::Error::last_os_error()));
         }
     }
@@ -413,6 +419,18 @@ fn container_main(
     }
     let err = child::exec(&plan);
     fail(&mut sync, format!("exec {}: {err}", plan.describe()))
+}
+
+/// A listening socket `name` in `dir`, bound through the directory's fd so a state dir
+/// deeper than `sun_path` allows still works; non-blocking.
+fn listen_in(dir: &Path, name: &str) -> Result<UnixListener, String> {
+    let path = dir.join(name);
+    let _ = std::fs::remove_file(&path);
+    let dir_fd = File::open(dir).map_err(|e| format!("opening {dir:?}: {e}"))?;
+    let listener = UnixListener::bind(format!("/proc/self/fd/{}/{name}", dir_fd.as_raw_fd()))
+        .map_err(|e| format!("socket {path:?}: {e}"))?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    Ok(listener)
 }
 
 fn poll_fd(fd: i32) -> libc::pollfd {
