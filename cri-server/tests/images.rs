@@ -1017,19 +1017,235 @@ async fn malicious_layers_are_refused_or_contained() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn leftovers_of_interrupted_pulls_are_removed_on_start() {
+    let reg = Registry::start();
+    let img = simple_image("lost", "");
+    push(&reg.host(), "lost/app", "v1", &img).await;
+    let name = format!("{}/lost/app:v1", reg.host());
     let mut d = Daemon::start();
+    pull(&d, &name).await.unwrap();
     d.stop();
     let s = store(&d);
     std::fs::create_dir_all(s.join("tmp/layer-123-0/usr/bin")).unwrap();
     std::fs::write(s.join("tmp/blob-123-1"), b"partial").unwrap();
     let orphan = s.join("layers").join("ab".repeat(32));
     std::fs::create_dir_all(orphan.join("etc")).unwrap();
+    // The image's own layer vanishes while berth is down.
+    let layer = s.join("layers").join(
+        &sha256(&tar_of(&[
+            ("bin/marker", b"lost"),
+            ("etc/passwd", b"root:x:0:0::/:/bin/sh\n"),
+        ]))[7..],
+    );
+    assert!(layer.exists());
+    std::fs::remove_dir_all(&layer).unwrap();
     d.spawn();
     // The socket is bound before the store opens: one answered RPC means it has.
-    assert!(list(&d).await.is_empty());
+    assert_eq!(
+        status(&d, &name).await,
+        None,
+        "an image without its layer was kept"
+    );
     assert!(names(&s.join("tmp")).is_empty());
     assert!(
         !orphan.exists(),
         "an unreferenced layer survived the restart"
     );
+    assert_eq!(pull(&d, &name).await.unwrap(), img.config.digest);
+    assert!(layer.join("bin/marker").exists());
+}
+
+fn berth_import(d: &Daemon, path: &Path) -> std::process::Output {
+    Command::new(common::berth_bin())
+        .args(["image", "import"])
+        .arg(path)
+        .arg("--config")
+        .arg(&d.config_path)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn berth_image_import_oci_layout_and_docker_archive() {
+    let mut d = Daemon::start();
+    let work = tempfile::tempdir().unwrap();
+
+    // An OCI image layout directory.
+    let oci = simple_image("airgap-oci", "1002");
+    let layout = work.path().join("layout");
+    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    for b in oci.layers.iter().chain([&oci.config, &oci.manifest]) {
+        std::fs::write(layout.join("blobs/sha256").join(&b.digest[7..]), &b.data).unwrap();
+    }
+    std::fs::write(
+        layout.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": oci.manifest.media_type, "digest": oci.manifest.digest,
+        "size": oci.manifest.data.len(),
+        "annotations": {"io.containerd.image.name": "registry.k8s.io/airgap/oci:v1"}
+    }]});
+    std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
+
+    // A gzipped `docker save` tarball: manifest.json, the config, an uncompressed layer tar.
+    let layer_tar = tar_of(&[("bin/docker-marker", b"docker save")]);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {"User": "www-data"},
+        "rootfs": {"type": "layers", "diff_ids": [sha256(&layer_tar)]},
+    }))
+    .unwrap();
+    let config_name = format!("{}.json", &sha256(&config)[7..]);
+    let manifest = serde_json::json!([{
+        "Config": config_name, "RepoTags": ["airgap/docker:v2"], "Layers": ["abc/layer.tar"]
+    }]);
+    let mut archive = tar::Builder::new(Vec::new());
+    for (name, data) in [
+        ("manifest.json", manifest.to_string().into_bytes()),
+        (config_name.as_str(), config.clone()),
+        ("abc/layer.tar", layer_tar.clone()),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        archive.append_data(&mut h, name, &data[..]).unwrap();
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&archive.into_inner().unwrap()).unwrap();
+    let tarball = work.path().join("docker.tar.gz");
+    std::fs::write(&tarball, gz.finish().unwrap()).unwrap();
+
+    // While berth runs, the store is locked: a clear refusal.
+    let out = berth_import(&d, &layout);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stop it first"));
+
+    d.stop();
+    for (path, id) in [(&layout, &oci.config.digest), (&tarball, &sha256(&config))] {
+        let out = berth_import(&d, path);
+        assert!(
+            out.status.success(),
+            "import {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains(id.as_str()));
+    }
+    d.spawn();
+    let o = status(&d, "registry.k8s.io/airgap/oci:v1")
+        .await
+        .expect("imported OCI layout");
+    assert_eq!(
+        (o.id.as_str(), o.uid.map(|u| u.value)),
+        (oci.config.digest.as_str(), Some(1002))
+    );
+    assert_eq!(
+        o.repo_digests,
+        [format!(
+            "registry.k8s.io/airgap/oci@{}",
+            oci.manifest.digest
+        )]
+    );
+    let dk = status(&d, "docker.io/airgap/docker:v2")
+        .await
+        .expect("imported docker archive");
+    assert_eq!(dk.username, "www-data");
+    let layer = store(&d).join("layers").join(&sha256(&layer_tar)[7..]);
+    assert_eq!(
+        std::fs::read(layer.join("bin/docker-marker")).unwrap(),
+        b"docker save"
+    );
+    assert!(names(&store(&d).join("tmp")).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wasm_images_are_recorded_as_wasm() {
+    let reg = Registry::start();
+    let host = reg.host();
+    // A wasi/wasm image whose one layer is a Wasm module (kept as a blob, not unpacked).
+    let module = b"\0asm\x01\0\0\0".to_vec();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "wasm", "os": "wasi",
+        "config": {"Entrypoint": ["/hello.wasm"]},
+        "rootfs": {"type": "layers", "diff_ids": [sha256(&module)]},
+    }))
+    .unwrap();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/wasm", "digest": sha256(&module), "size": module.len()}],
+    }))
+    .unwrap();
+    let wasm = TestImage {
+        config: Blob {
+            digest: sha256(&config),
+            data: config,
+            media_type: String::new(),
+        },
+        layers: vec![Blob {
+            digest: sha256(&module),
+            data: module.clone(),
+            media_type: "application/wasm".into(),
+        }],
+        manifest: Blob {
+            digest: sha256(&manifest),
+            data: manifest,
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        },
+    };
+    let native = simple_image("native", "");
+    push_index(
+        &host,
+        "wasm/hello",
+        "v1",
+        &[(&native, "linux", "amd64"), (&wasm, "wasi", "wasm")],
+    )
+    .await;
+    let d = Daemon::start();
+    let name = format!("{host}/wasm/hello:v1");
+
+    // A Wasm runtime handler selects the wasi/wasm image of the index.
+    let id = d
+        .images()
+        .await
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: name.clone(),
+                runtime_handler: "wasmtime".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image_ref;
+    assert_eq!(id, wasm.config.digest);
+    let verbose = d
+        .images()
+        .await
+        .image_status(ImageStatusRequest {
+            image: spec(&id),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
+    assert_eq!(info["wasm"], true);
+    assert_eq!(info["platform"]["os"], "wasi");
+    assert_eq!(info["layers"][0]["media_type"], "application/wasm");
+    assert_eq!(info["layers"][0]["format"], "wasm");
+    let blob = store(&d)
+        .join("blobs/sha256")
+        .join(&wasm.layers[0].digest[7..]);
+    assert_eq!(std::fs::read(blob).unwrap(), module);
+    assert!(names(&store(&d).join("layers")).is_empty());
+
+    // Without it, the same name is the native image.
+    assert_eq!(pull(&d, &name).await.unwrap(), native.config.digest);
 }

@@ -358,10 +358,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 }
 
 /// A temp path removed on drop unless kept.
-struct Staging(PathBuf);
+pub(crate) struct Staging(pub PathBuf);
 
 impl Staging {
-    fn keep(self) {
+    pub fn keep(self) {
         std::mem::forget(self);
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod digest;
 pub mod error;
+mod import;
 mod ingest;
 pub mod manifest;
 mod pull;

@@ -149,7 +149,16 @@ impl ImageStore {
         let mut index = Index::default();
         for (key, rec) in meta.list::<ImageRecord>()? {
             match rec {
-                Ok(rec) => index.insert(Arc::new(rec)),
+                Ok(rec) => {
+                    // An image whose content vanished (deleted by hand, a lost disk) would
+                    // fail every container start: forget it, so the next pull restores it.
+                    if let Some(missing) = missing_content(dir, &rec) {
+                        tracing::warn!(image = %key, missing = %missing.display(), "image content is missing; forgetting the image");
+                        meta.delete::<ImageRecord>(&key)?;
+                        continue;
+                    }
+                    index.insert(Arc::new(rec))
+                }
                 Err(e) => {
                     tracing::warn!(image = %key, error = %e, "skipping unreadable image record")
                 }
@@ -402,6 +411,18 @@ impl ImageStore {
         idx.insert(rec.clone());
         Ok(rec)
     }
+}
+
+/// The first layer directory or Wasm blob of `rec` that is not on disk.
+fn missing_content(dir: &Path, rec: &ImageRecord) -> Option<PathBuf> {
+    let hex = |d: &str| d.strip_prefix("sha256:").unwrap_or(d).to_string();
+    rec.layers
+        .iter()
+        .map(|l| match &l.chain_id {
+            Some(c) => dir.join("layers").join(hex(c)),
+            None => dir.join("blobs/sha256").join(hex(&l.digest)),
+        })
+        .find(|p| !p.exists())
 }
 
 /// Hex names of the layers and blobs an image needs.

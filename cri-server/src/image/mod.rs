@@ -5,6 +5,7 @@ pub mod image_list;
 pub mod image_pull;
 pub mod image_remove;
 pub mod image_status;
+pub mod import;
 
 use image_store::ImageRecord;
 use k8s_cri::v1 as cri;
