@@ -10,10 +10,12 @@ use k8s_cri::v1::image_service_server::ImageService;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
 use meta_store::MetaStore;
 use sandbox::pod::{PodManager, PodManagerConfig};
+use streaming::{StreamingConfig, StreamingServer};
 use tonic::{Request, Response, Status};
 
 use crate::config::Config;
 use crate::containers::Containers;
+use crate::daemon_streaming::DaemonStreaming;
 use crate::error::{CriError, CriResult};
 use crate::{image, runtime};
 
@@ -28,6 +30,8 @@ pub struct CriService {
     pub pods: Arc<PodManager>,
     /// Containers: records, lifecycle, events.
     pub containers: Arc<Containers>,
+    /// The server behind the URLs Exec, Attach and PortForward return.
+    pub streaming: Arc<StreamingServer>,
 }
 
 impl CriService {
@@ -50,12 +54,22 @@ impl CriService {
             meta.clone(),
         )?;
         let containers = Containers::open(meta.clone(), &config.state_dir, &config.root_dir)?;
+        let pods = Arc::new(pods);
+        let containers = Arc::new(containers);
+        let streaming = StreamingServer::start(
+            StreamingConfig::new(config.streaming.address.parse()?),
+            Arc::new(DaemonStreaming {
+                pods: pods.clone(),
+                containers: containers.clone(),
+            }),
+        )?;
         Ok(Self {
             config: Arc::new(config),
             meta,
             images,
-            pods: Arc::new(pods),
-            containers: Arc::new(containers),
+            pods,
+            containers,
+            streaming: Arc::new(streaming),
         })
     }
 }
@@ -201,9 +215,13 @@ impl RuntimeService for CriService {
 
     async fn update_container_resources(
         &self,
-        _r: Request<cri::UpdateContainerResourcesRequest>,
+        r: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
-        not_yet("UpdateContainerResources")
+        respond(
+            "UpdateContainerResources",
+            runtime::update_container_resources::update_container_resources(self, r.into_inner())
+                .await,
+        )
     }
 
     async fn reopen_container_log(
@@ -228,51 +246,69 @@ impl RuntimeService for CriService {
 
     async fn exec(
         &self,
-        _r: Request<cri::ExecRequest>,
+        r: Request<cri::ExecRequest>,
     ) -> Result<Response<cri::ExecResponse>, Status> {
-        not_yet("Exec")
+        respond("Exec", runtime::exec::exec(self, r.into_inner()).await)
     }
 
     async fn attach(
         &self,
-        _r: Request<cri::AttachRequest>,
+        r: Request<cri::AttachRequest>,
     ) -> Result<Response<cri::AttachResponse>, Status> {
-        not_yet("Attach")
+        respond(
+            "Attach",
+            runtime::attach::attach(self, r.into_inner()).await,
+        )
     }
 
     async fn port_forward(
         &self,
-        _r: Request<cri::PortForwardRequest>,
+        r: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
-        not_yet("PortForward")
+        respond(
+            "PortForward",
+            runtime::port_forward::port_forward(self, r.into_inner()).await,
+        )
     }
 
     async fn container_stats(
         &self,
-        _r: Request<cri::ContainerStatsRequest>,
+        r: Request<cri::ContainerStatsRequest>,
     ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
-        not_yet("ContainerStats")
+        respond(
+            "ContainerStats",
+            runtime::container_stats::container_stats(self, r.into_inner()).await,
+        )
     }
 
     async fn list_container_stats(
         &self,
-        _r: Request<cri::ListContainerStatsRequest>,
+        r: Request<cri::ListContainerStatsRequest>,
     ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
-        not_yet("ListContainerStats")
+        respond(
+            "ListContainerStats",
+            runtime::list_container_stats::list_container_stats(self, r.into_inner()).await,
+        )
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _r: Request<cri::PodSandboxStatsRequest>,
+        r: Request<cri::PodSandboxStatsRequest>,
     ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
-        not_yet("PodSandboxStats")
+        respond(
+            "PodSandboxStats",
+            runtime::pod_sandbox_stats::pod_sandbox_stats(self, r.into_inner()).await,
+        )
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _r: Request<cri::ListPodSandboxStatsRequest>,
+        r: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
-        not_yet("ListPodSandboxStats")
+        respond(
+            "ListPodSandboxStats",
+            runtime::pod_sandbox_stats::list_pod_sandbox_stats(self, r.into_inner()).await,
+        )
     }
 
     async fn update_runtime_config(

@@ -266,7 +266,21 @@ async fn exec_sync_stop_and_list() {
         .await
         .unwrap()
         .into_inner();
-    assert_ne!(out.exit_code, 0, "the timed-out sleep survived: {out:?}");
+    if out.exit_code == 0 {
+        let ps = rt
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: id.clone(),
+                cmd: vec!["ps".into(), "-o".into(), "pid,ppid,comm,args".into()],
+                timeout: 10,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        panic!(
+            "the timed-out sleep survived:\n{}",
+            String::from_utf8_lossy(&ps.stdout)
+        );
+    }
 
     let listed = rt
         .list_containers(cri::ListContainersRequest {
@@ -281,6 +295,45 @@ async fn exec_sync_stop_and_list() {
         .containers;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].id, id);
+
+    let stats = rt
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    let attrs = stats.attributes.unwrap();
+    assert_eq!(attrs.id, id);
+    assert_eq!(attrs.metadata.unwrap().name, "top");
+    let cpu = stats.cpu.unwrap();
+    assert!(cpu.timestamp > 0);
+    assert!(cpu.usage_core_nano_seconds.unwrap().value > 0);
+    let mem = stats.memory.unwrap();
+    assert!(mem.timestamp > 0 && mem.working_set_bytes.unwrap().value > 0);
+    let listed = rt
+        .list_container_stats(cri::ListContainerStatsRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    assert!(
+        listed
+            .iter()
+            .any(|s| s.attributes.as_ref().unwrap().id == id)
+    );
+    let pod_stats = rt
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert_eq!(pod_stats.linux.unwrap().containers.len(), 1);
 
     let start = Instant::now();
     rt.stop_container(cri::StopContainerRequest {

@@ -6,6 +6,7 @@
 //! writes in each container's state dir, so a restarted daemon reports the truth.
 
 pub mod spec;
+pub mod stats;
 pub mod user;
 
 use std::collections::{BTreeMap, HashMap};
@@ -77,6 +78,8 @@ pub struct Containers {
     /// Reserved names → container id, so the kubelet's retries cannot make twins.
     names: Mutex<HashMap<String, String>>,
     events: broadcast::Sender<cri::ContainerEventResponse>,
+    /// Previous CPU samples, for usage in nano-cores.
+    pub cpu_rates: stats::CpuRates,
 }
 
 impl Containers {
@@ -110,6 +113,7 @@ impl Containers {
             records: RwLock::new(records),
             names: Mutex::new(names),
             events,
+            cpu_rates: stats::CpuRates::default(),
         })
     }
 
@@ -302,6 +306,7 @@ impl Containers {
             .lock()
             .expect("names lock")
             .remove(&rec.reserved_name);
+        self.cpu_rates.forget(&rec.id);
         self.emit(rec, cri::ContainerEventType::ContainerDeletedEvent);
         Ok(())
     }

@@ -223,7 +223,7 @@ fn namespaces(
     })
 }
 
-fn resources(r: Option<&cri::LinuxContainerResources>) -> Resources {
+pub fn resources(r: Option<&cri::LinuxContainerResources>) -> Resources {
     let Some(r) = r else {
         return Resources::default();
     };
@@ -283,7 +283,15 @@ pub fn build(
             "a privileged container needs a privileged pod sandbox",
         ));
     }
-    let seccomp_default = !privileged && seccomp_is_runtime_default(sc)?;
+    let (seccomp_default, seccomp_profile) = if privileged {
+        (false, None)
+    } else {
+        match seccomp(sc)? {
+            Seccomp::None => (false, None),
+            Seccomp::RuntimeDefault => (true, None),
+            Seccomp::Profile(p) => (false, Some(p)),
+        }
+    };
     let no_new_privs = sc.is_some_and(|s| s.no_new_privs);
 
     let mut mounts = Vec::new();
@@ -384,6 +392,9 @@ pub fn build(
             capabilities: capabilities(sc),
             oom_score_adj: res.map(|r| r.oom_score_adj as i32).filter(|v| *v != 0),
             seccomp_default,
+            seccomp_profile,
+            stdin: cfg.stdin,
+            stdin_once: cfg.stdin_once,
         },
         namespaces: namespaces(pod, sc, target_pid_ns)?,
         hostname: None,
@@ -410,37 +421,63 @@ pub fn build(
     })
 }
 
-/// RuntimeDefault → berth's profile; Unconfined or unset → none. Localhost profiles are
-/// not loaded yet, and say so rather than run unconfined.
+/// Which seccomp filter a container gets.
+#[derive(Debug)]
+enum Seccomp {
+    None,
+    RuntimeDefault,
+    /// A Localhost profile, read from the host and parsed.
+    Profile(sandbox::container::seccomp::Profile),
+}
+
+/// A Localhost profile file larger than this is refused.
+const MAX_SECCOMP_PROFILE: u64 = 1 << 20;
+
+fn localhost_profile(path: &str) -> Result<Seccomp, CriError> {
+    let path = path.strip_prefix("localhost/").unwrap_or(path);
+    if !Path::new(path).is_absolute() {
+        return Err(invalid(format!(
+            "seccomp profile path {path:?} must be absolute"
+        )));
+    }
+    let meta =
+        std::fs::metadata(path).map_err(|e| invalid(format!("seccomp profile {path:?}: {e}")))?;
+    if meta.len() > MAX_SECCOMP_PROFILE {
+        return Err(invalid(format!("seccomp profile {path:?} is too large")));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(format!("seccomp profile {path:?}: {e}")))?;
+    let profile = sandbox::container::seccomp::Profile::from_oci_json(&text)
+        .map_err(|e| invalid(format!("seccomp profile {path:?}: {e}")))?;
+    Ok(Seccomp::Profile(profile))
+}
+
+/// RuntimeDefault → berth's profile; Localhost → the named file; Unconfined or unset →
+/// none.
 // The deprecated `seccomp_profile_path` is still what older kubelets and crictl send.
 #[allow(deprecated)]
-fn seccomp_is_runtime_default(
-    sc: Option<&cri::LinuxContainerSecurityContext>,
-) -> Result<bool, CriError> {
-    let Some(sc) = sc else { return Ok(false) };
+fn seccomp(sc: Option<&cri::LinuxContainerSecurityContext>) -> Result<Seccomp, CriError> {
+    use cri::security_profile::ProfileType;
+    let Some(sc) = sc else {
+        return Ok(Seccomp::None);
+    };
     if let Some(p) = &sc.seccomp {
-        return match cri::security_profile::ProfileType::try_from(p.profile_type) {
-            Ok(cri::security_profile::ProfileType::RuntimeDefault) => Ok(true),
-            Ok(cri::security_profile::ProfileType::Unconfined) => Ok(false),
-            Ok(cri::security_profile::ProfileType::Localhost) => Err(CriError::Unimplemented(
-                "CreateContainer with a Localhost seccomp profile",
-            )),
+        return match ProfileType::try_from(p.profile_type) {
+            Ok(ProfileType::RuntimeDefault) => Ok(Seccomp::RuntimeDefault),
+            Ok(ProfileType::Unconfined) => Ok(Seccomp::None),
+            Ok(ProfileType::Localhost) => localhost_profile(&p.localhost_ref),
             Err(_) => Err(invalid(format!(
                 "unknown seccomp profile type {}",
                 p.profile_type
             ))),
         };
     }
-    Ok(match sc.seccomp_profile_path.as_str() {
-        "runtime/default" | "docker/default" => true,
-        "" | "unconfined" => false,
-        p if p.starts_with("localhost/") => {
-            return Err(CriError::Unimplemented(
-                "CreateContainer with a Localhost seccomp profile",
-            ));
-        }
-        other => return Err(invalid(format!("unknown seccomp profile {other:?}"))),
-    })
+    match sc.seccomp_profile_path.as_str() {
+        "runtime/default" | "docker/default" => Ok(Seccomp::RuntimeDefault),
+        "" | "unconfined" => Ok(Seccomp::None),
+        p if p.starts_with("localhost/") => localhost_profile(p),
+        other => Err(invalid(format!("unknown seccomp profile {other:?}"))),
+    }
 }
 
 #[cfg(test)]
@@ -527,13 +564,33 @@ mod tests {
             ..Default::default()
         };
         use cri::security_profile::ProfileType::*;
-        assert!(seccomp_is_runtime_default(Some(&with(RuntimeDefault))).unwrap());
-        assert!(!seccomp_is_runtime_default(Some(&with(Unconfined))).unwrap());
-        assert!(!seccomp_is_runtime_default(None).unwrap());
         assert!(matches!(
-            seccomp_is_runtime_default(Some(&with(Localhost))),
-            Err(CriError::Unimplemented(_))
+            seccomp(Some(&with(RuntimeDefault))).unwrap(),
+            Seccomp::RuntimeDefault
         ));
+        assert!(matches!(
+            seccomp(Some(&with(Unconfined))).unwrap(),
+            Seccomp::None
+        ));
+        assert!(matches!(seccomp(None).unwrap(), Seccomp::None));
+        // Localhost needs an absolute path to a readable, valid profile.
+        let e = seccomp(Some(&with(Localhost))).unwrap_err();
+        assert!(matches!(e, CriError::InvalidArgument(_)), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("p.json");
+        std::fs::write(&f, "not json").unwrap();
+        let mut sc = with(Localhost);
+        sc.seccomp.as_mut().unwrap().localhost_ref = f.display().to_string();
+        assert!(matches!(
+            seccomp(Some(&sc)),
+            Err(CriError::InvalidArgument(_))
+        ));
+        std::fs::write(
+            &f,
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["chmod"],"action":"SCMP_ACT_ERRNO"}]}"#,
+        )
+        .unwrap();
+        assert!(matches!(seccomp(Some(&sc)).unwrap(), Seccomp::Profile(_)));
     }
 
     #[test]

@@ -147,6 +147,15 @@ impl ExecProcess {
         if let Some(pid) = parse_status(&status, "pid") {
             // SAFETY: SIGKILL to the pid our helper reported for its direct child.
             unsafe { libc::kill(pid, libc::SIGKILL) };
+            // Let the helper reap it: the orphan of a process outside the container's PID
+            // namespace goes to the host's init, which may never reap it.
+            let mut fds = [libc::pollfd {
+                fd: self.helper_fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            // SAFETY: poll on a pidfd we own, bounded.
+            unsafe { libc::poll(fds.as_mut_ptr(), 1, 2000) };
         }
         let _ = self.helper.kill();
         let _ = self.helper.wait();

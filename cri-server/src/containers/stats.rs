@@ -1,0 +1,194 @@
+//! Container and pod statistics from the cgroups (CPU, memory) and the writable layer's
+//! disk use, in the CRI's shapes. The kubelet's CRI stats provider reads these.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use k8s_cri::v1 as cri;
+use sandbox::container::cgroup::{Cgroup, CgroupStats, Hierarchy};
+use sandbox::container::{ContainerSpec, state};
+
+use super::{ContainerRecord, now_ns};
+
+/// Remembers the previous CPU sample per cgroup, to report usage in nano-cores.
+#[derive(Default)]
+pub struct CpuRates {
+    last: Mutex<HashMap<String, (i64, u64)>>,
+}
+
+impl CpuRates {
+    /// Nano-cores used since the previous sample of `key` (0 on the first one).
+    fn rate(&self, key: &str, at_ns: i64, usage_ns: u64) -> u64 {
+        let mut last = self.last.lock().expect("cpu rates lock");
+        let rate = match last.get(key) {
+            Some(&(t, u)) if at_ns > t && usage_ns >= u => {
+                ((usage_ns - u) as u128 * 1_000_000_000 / (at_ns - t) as u128) as u64
+            }
+            _ => 0,
+        };
+        last.insert(key.to_string(), (at_ns, usage_ns));
+        rate
+    }
+
+    pub fn forget(&self, key: &str) {
+        self.last.lock().expect("cpu rates lock").remove(key);
+    }
+}
+
+pub fn cgroup_stats(rel: &Path) -> CgroupStats {
+    Cgroup::at(&Hierarchy::detect(), rel).stats()
+}
+
+fn cpu(rates: &CpuRates, key: &str, at: i64, s: &CgroupStats) -> cri::CpuUsage {
+    cri::CpuUsage {
+        timestamp: at,
+        usage_core_nano_seconds: Some(cri::UInt64Value {
+            value: s.cpu_usage_ns,
+        }),
+        usage_nano_cores: Some(cri::UInt64Value {
+            value: rates.rate(key, at, s.cpu_usage_ns),
+        }),
+        ..Default::default()
+    }
+}
+
+fn memory(at: i64, s: &CgroupStats) -> cri::MemoryUsage {
+    cri::MemoryUsage {
+        timestamp: at,
+        working_set_bytes: Some(cri::UInt64Value {
+            value: s.memory_working_set_bytes,
+        }),
+        usage_bytes: Some(cri::UInt64Value {
+            value: s.memory_usage_bytes,
+        }),
+        rss_bytes: Some(cri::UInt64Value {
+            value: s.memory_rss_bytes,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Bytes and inodes under `dir`, without following symlinks or crossing mounts.
+fn disk_usage(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(root) = std::fs::symlink_metadata(dir) else {
+        return (0, 0);
+    };
+    let mut stack = vec![dir.to_path_buf()];
+    let (mut bytes, mut inodes) = (0u64, 0u64);
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            inodes += 1;
+            bytes += m.blocks() * 512;
+            if m.is_dir() && m.dev() == root.dev() {
+                stack.push(e.path());
+            }
+        }
+    }
+    (bytes, inodes)
+}
+
+/// The stats of one container (blocking: reads cgroup files and walks the writable layer).
+pub fn container_stats(rates: &CpuRates, rec: &ContainerRecord) -> cri::ContainerStats {
+    let at = now_ns();
+    let spec: Option<ContainerSpec> = state::read_json(&rec.dir, state::CONFIG).ok().flatten();
+    let cg = spec
+        .as_ref()
+        .and_then(|s| s.cgroup.as_ref())
+        .map(|c| cgroup_stats(&c.path))
+        .unwrap_or_default();
+    let writable = spec.as_ref().map(|s| {
+        let (bytes, inodes) = disk_usage(&s.rootfs.upper);
+        cri::FilesystemUsage {
+            timestamp: at,
+            fs_id: Some(cri::FilesystemIdentifier {
+                mountpoint: s.rootfs.upper.display().to_string(),
+            }),
+            used_bytes: Some(cri::UInt64Value { value: bytes }),
+            inodes_used: Some(cri::UInt64Value { value: inodes }),
+        }
+    });
+    cri::ContainerStats {
+        attributes: Some(cri::ContainerAttributes {
+            id: rec.id.clone(),
+            metadata: Some(cri::ContainerMetadata {
+                name: rec.name.clone(),
+                attempt: rec.attempt,
+            }),
+            labels: rec.labels.clone().into_iter().collect(),
+            annotations: rec.annotations.clone().into_iter().collect(),
+        }),
+        cpu: Some(cpu(rates, &rec.id, at, &cg)),
+        memory: Some(memory(at, &cg)),
+        writable_layer: writable,
+        ..Default::default()
+    }
+}
+
+/// Pod-level CPU and memory: the pod's cgroup parent when the kubelet gave one (it holds
+/// all the pod's containers), else the sum of the containers.
+pub fn pod_linux_stats(
+    rates: &CpuRates,
+    pod_id: &str,
+    cgroup_parent: &str,
+    containers: Vec<cri::ContainerStats>,
+) -> cri::LinuxPodSandboxStats {
+    let at = now_ns();
+    let total = if !cgroup_parent.is_empty() {
+        cgroup_stats(Path::new(cgroup_parent))
+    } else {
+        let mut t = CgroupStats::default();
+        for c in &containers {
+            let v = |o: &Option<cri::UInt64Value>| o.as_ref().map_or(0, |v| v.value);
+            if let Some(cpu) = &c.cpu {
+                t.cpu_usage_ns += v(&cpu.usage_core_nano_seconds);
+            }
+            if let Some(m) = &c.memory {
+                t.memory_usage_bytes += v(&m.usage_bytes);
+                t.memory_working_set_bytes += v(&m.working_set_bytes);
+                t.memory_rss_bytes += v(&m.rss_bytes);
+            }
+        }
+        t
+    };
+    cri::LinuxPodSandboxStats {
+        cpu: Some(cpu(rates, &format!("pod/{pod_id}"), at, &total)),
+        memory: Some(memory(at, &total)),
+        process: Some(cri::ProcessUsage {
+            timestamp: at,
+            process_count: Some(cri::UInt64Value { value: total.pids }),
+        }),
+        containers,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nano_cores_from_two_samples() {
+        let r = CpuRates::default();
+        assert_eq!(r.rate("c", 1_000_000_000, 500), 0);
+        // 0.5 s of CPU over 1 s of wall time is half a core.
+        assert_eq!(r.rate("c", 2_000_000_000, 500_000_500), 500_000_000);
+        r.forget("c");
+        assert_eq!(r.rate("c", 3_000_000_000, 600_000_000), 0);
+    }
+
+    #[test]
+    fn disk_usage_counts_files() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("a")).unwrap();
+        std::fs::write(d.path().join("a/f"), vec![1u8; 10000]).unwrap();
+        let (bytes, inodes) = disk_usage(d.path());
+        assert_eq!(inodes, 2);
+        assert!(bytes >= 10000);
+    }
+}

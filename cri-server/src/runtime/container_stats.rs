@@ -1,0 +1,20 @@
+//! ContainerStats: CPU and memory from the container's cgroup, disk from its writable layer.
+
+use k8s_cri::v1::{ContainerStatsRequest, ContainerStatsResponse};
+
+use crate::containers::stats;
+use crate::error::{CriError, CriResult};
+use crate::service::CriService;
+
+pub async fn container_stats(
+    svc: &CriService,
+    req: ContainerStatsRequest,
+) -> CriResult<ContainerStatsResponse> {
+    let rec = svc.containers.get(&req.container_id)?;
+    let containers = svc.containers.clone();
+    let s =
+        tokio::task::spawn_blocking(move || stats::container_stats(&containers.cpu_rates, &rec))
+            .await
+            .map_err(|e| CriError::Internal(e.to_string()))?;
+    Ok(ContainerStatsResponse { stats: Some(s) })
+}
