@@ -728,6 +728,9 @@ async fn stop_and_remove_are_idempotent_and_list_filters() {
         stop(&mut rt, id).await;
     }
     assert!(list(Default::default()).await.is_empty());
+    // A removed pod's name is free again.
+    let again = run(&mut rt, pod_config("a", Some(&net))).await.unwrap();
+    remove(&mut rt, &again).await;
     assert!(net.leases().is_empty());
     assert!(mounts_under(&daemon.state).is_empty());
 }

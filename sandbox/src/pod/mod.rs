@@ -120,8 +120,9 @@ pub struct PodManager {
     meta: Arc<MetaStore>,
     cni: CniInvoker,
     pods: Mutex<BTreeMap<String, Arc<Mutex<PodRecord>>>>,
-    /// Reservation keys of pods being created.
-    creating: Mutex<HashSet<String>>,
+    /// Reservation keys (name, namespace, uid, attempt) of every pod that exists or is
+    /// being created, so a duplicate is refused without waiting on any pod's lock.
+    names: Mutex<HashSet<String>>,
 }
 
 impl PodManager {
@@ -166,13 +167,17 @@ impl PodManager {
                 remove_orphan(&PodPaths::new(&cfg.state_dir, &id));
             }
         }
+        let names = pods
+            .values()
+            .map(|p| p.lock().expect("pod record").spec.reservation_key())
+            .collect();
         tracing::info!(pods = pods.len(), "pod sandboxes loaded");
         Ok(PodManager {
             cfg,
             meta,
             cni,
             pods: Mutex::new(pods),
-            creating: Mutex::new(HashSet::new()),
+            names: Mutex::new(names),
         })
     }
 
@@ -197,7 +202,7 @@ impl PodManager {
     pub fn run(&self, spec: PodSpec) -> Result<String, PodError> {
         validate(&spec)?;
         let key = spec.reservation_key();
-        let _reservation = self.reserve(&key)?;
+        let reservation = self.reserve(&key)?;
         let network = spec.namespaces.network != NamespaceMode::Node;
         let net_list = if network {
             Some(self.ready_network()?)
@@ -310,6 +315,7 @@ impl PodManager {
             .expect("pod table")
             .insert(id.clone(), Arc::new(Mutex::new(record)));
         undo.commit();
+        reservation.keep();
         tracing::debug!(
             pod = %id,
             cgroup = ?t_cgroup,
@@ -367,6 +373,10 @@ impl PodManager {
         cgroup::remove(&rec.cgroup_dirs).map_err(io_err("removing the pod cgroup"))?;
         self.meta.delete::<PodRecord>(id)?;
         self.pods.lock().expect("pod table").remove(id);
+        self.names
+            .lock()
+            .expect("pod names")
+            .remove(&rec.spec.reservation_key());
         Ok(())
     }
 
@@ -419,47 +429,42 @@ impl PodManager {
     }
 
     fn reserve(&self, key: &str) -> Result<Reservation<'_>, PodError> {
-        let taken = |k: &str| {
-            PodError::AlreadyExists(format!(
-                "a pod sandbox named {k:?} already exists; remove it first"
-            ))
-        };
-        let pods: Vec<_> = self
-            .pods
-            .lock()
-            .expect("pod table")
-            .values()
-            .cloned()
-            .collect();
-        for p in pods {
-            if p.lock().expect("pod record").spec.reservation_key() == key {
-                return Err(taken(key));
-            }
-        }
         if !self
-            .creating
+            .names
             .lock()
-            .expect("reservations")
+            .expect("pod names")
             .insert(key.to_string())
         {
-            return Err(taken(key));
+            return Err(PodError::AlreadyExists(format!(
+                "a pod sandbox named {key:?} already exists; remove it first"
+            )));
         }
         Ok(Reservation {
-            set: &self.creating,
+            names: &self.names,
             key: key.to_string(),
+            kept: false,
         })
     }
 }
 
-/// A name being created; released when creation ends either way.
+/// A pod name taken for a creation; given back unless the pod was created (`keep`).
 struct Reservation<'a> {
-    set: &'a Mutex<HashSet<String>>,
+    names: &'a Mutex<HashSet<String>>,
     key: String,
+    kept: bool,
+}
+
+impl Reservation<'_> {
+    fn keep(mut self) {
+        self.kept = true;
+    }
 }
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        self.set.lock().expect("reservations").remove(&self.key);
+        if !self.kept {
+            self.names.lock().expect("pod names").remove(&self.key);
+        }
     }
 }
 
