@@ -102,6 +102,20 @@ impl From<sandbox::container::ContainerError> for CriError {
     }
 }
 
+impl From<streaming::Error> for CriError {
+    fn from(e: streaming::Error) -> CriError {
+        use streaming::{Error as E, RuntimeError as R};
+        match e {
+            E::InvalidArgument(_) => CriError::InvalidArgument(e.to_string()),
+            E::Runtime(R::NotFound(m)) => CriError::NotFound(m),
+            E::Runtime(R::FailedPrecondition(m)) => CriError::FailedPrecondition(m),
+            E::Runtime(R::Unsupported(m)) => CriError::FailedPrecondition(m),
+            E::TooManyRequests(_) => CriError::Unavailable(e.to_string()),
+            _ => CriError::Internal(e.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod config;
 pub mod containers;
+pub mod daemon_streaming;
 pub mod error;
 pub mod image;
 pub mod logging;

@@ -18,7 +18,8 @@ mod websocket;
 pub use error::{Error, RuntimeError};
 pub use remotecommand::{RESIZE_BUFFER, status_json};
 pub use runtime::{
-    AttachRequest, ExecRequest, PortForwardRequest, StreamingRuntime, Streams, TermSize,
+    AttachRequest, BoxedReader, BoxedWriter, ExecRequest, PortForwardRequest, StreamingRuntime,
+    Streams, TermSize,
 };
 pub use server::{StreamingConfig, StreamingServer};
 pub use tokens::{MAX_PENDING_REQUESTS, TOKEN_TTL};

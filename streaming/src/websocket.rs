@@ -9,7 +9,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 use crate::remotecommand::{Command, Protocol, RESIZE_BUFFER, decode_resizes, status_json};
 use crate::runtime::Streams;
@@ -30,6 +31,15 @@ pub const MAX_MESSAGE: usize = 1 << 20;
 const PIPE: usize = 64 << 10;
 /// How long output may take to drain once the command has ended.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// A normal close: client-go reports any other close (even one without a code) as an
+/// error on every stream.
+fn normal_close() -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    }))
+}
 
 pub fn config() -> WebSocketConfig {
     WebSocketConfig::default()
@@ -76,7 +86,7 @@ pub async fn serve_remotecommand<S>(
                 return;
             }
         }
-        let _ = sink.close().await;
+        let _ = sink.send(normal_close()).await;
     });
 
     let mut pumps = Vec::new();
@@ -200,7 +210,7 @@ where
                 }
             }
         }
-        let _ = sink.close().await;
+        let _ = sink.send(normal_close()).await;
     });
     theirs
 }
