@@ -49,7 +49,6 @@ fn cpu(rates: &CpuRates, key: &str, at: i64, s: &CgroupStats) -> cri::CpuUsage {
         usage_nano_cores: Some(cri::UInt64Value {
             value: rates.rate(key, at, s.cpu_usage_ns),
         }),
-        ..Default::default()
     }
 }
 
