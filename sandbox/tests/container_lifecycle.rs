@@ -83,6 +83,7 @@ impl Fixture {
                     .collect(),
                 oom_score_adj: None,
                 seccomp_default: false,
+                seccomp_profile: None,
                 stdin: false,
                 stdin_once: false,
             },
@@ -800,4 +801,25 @@ fn attach_relays_stdin_and_output() {
         container::attach(&fx.dir()),
         Err(ContainerError::NotRunning)
     ));
+}
+
+#[test]
+fn a_localhost_seccomp_profile_blocks_chmod_and_sethostname() {
+    let fx = Fixture::new();
+    let mut spec = fx.spec(&[
+        "sh",
+        "-c",
+        "chmod 600 /etc; echo chmod=$?; hostname x 2>/dev/null; echo hostname=$?",
+    ]);
+    spec.process.capabilities = vec!["ALL".into()];
+    spec.process.seccomp_profile = Some(
+        sandbox::container::seccomp::Profile::from_oci_json(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[
+                {"names":["chmod","fchmodat","fchmodat2","sethostname"],"action":"SCMP_ACT_ERRNO"}]}"#,
+        )
+        .unwrap(),
+    );
+    assert_eq!(fx.run(&spec).exit_code, 0, "{}", fx.log());
+    assert_eq!(fx.stdout(), ["chmod=1", "hostname=1"]);
+    assert!(fx.log().contains("Operation not permitted"), "{}", fx.log());
 }

@@ -524,10 +524,10 @@ pub(crate) fn set_identity(p: &Process) -> SetupResult<()> {
         }
     }
     let caps = CapSet::from_names(&p.capabilities).map_err(|e| e.to_string())?;
-    let filter = if p.seccomp_default {
-        Some(seccomp::compile_default(caps).map_err(|e| e.to_string())?)
-    } else {
-        None
+    let filter = match (&p.seccomp_profile, p.seccomp_default) {
+        (Some(profile), _) => Some(profile.compile().map_err(|e| e.to_string())?),
+        (None, true) => Some(seccomp::compile_default(caps).map_err(|e| e.to_string())?),
+        (None, false) => None,
     };
     caps::drop_bounding(caps).context(|| "dropping capabilities from the bounding set".into())?;
     // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN, so it goes first; the

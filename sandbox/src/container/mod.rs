@@ -17,6 +17,7 @@ mod exec_sync;
 pub mod seccomp;
 pub mod spec;
 pub mod state;
+mod syscall_table;
 
 use std::ffi::OsString;
 use std::io::{self, BufRead, BufReader, Read, Write};

@@ -65,6 +65,9 @@ pub struct Process {
     pub oom_score_adj: Option<i32>,
     /// Apply berth's RuntimeDefault seccomp profile.
     pub seccomp_default: bool,
+    /// A custom seccomp profile (CRI `Localhost`); wins over `seccomp_default`.
+    #[serde(default)]
+    pub seccomp_profile: Option<super::seccomp::Profile>,
     /// Give the process a stdin pipe that attach clients write into (else /dev/null).
     #[serde(default)]
     pub stdin: bool,
@@ -314,6 +317,7 @@ mod tests {
                 capabilities: vec!["CHOWN".into()],
                 oom_score_adj: None,
                 seccomp_default: false,
+                seccomp_profile: None,
                 stdin: false,
                 stdin_once: false,
             },
