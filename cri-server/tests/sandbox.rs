@@ -602,10 +602,10 @@ async fn the_pod_init_holds_the_pid_namespace_and_outlives_the_daemon() {
     let (st, _) = status(&mut rt, &id).await;
     assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
 
-    // A dead init makes the pod NOTREADY.
+    // The init exits on SIGTERM, and a dead init makes the pod NOTREADY.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::SIGKILL,
+        nix::sys::signal::SIGTERM,
     )
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -464,6 +464,17 @@ mod tests {
         assert_eq!(inv.cached_ids(), ["c0ffee"]);
 
         std::fs::write(&log, "").unwrap();
+        inv.check("c0ffee").unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        let checks: Vec<&str> = text.lines().filter(|l| l.starts_with("CHECK")).collect();
+        assert!(
+            checks[0].starts_with("CHECK first") && checks[1].starts_with("CHECK second"),
+            "{checks:?}"
+        );
+        let check_conf: Value = serde_json::from_str(text.lines().nth(1).unwrap()).unwrap();
+        assert_eq!(check_conf["prevResult"]["ips"][0]["address"], "10.9.0.2/24");
+
+        std::fs::write(&log, "").unwrap();
         inv.del("c0ffee").unwrap();
         let text = std::fs::read_to_string(&log).unwrap();
         let cmds: Vec<&str> = text.lines().filter(|l| l.starts_with("DEL")).collect();
