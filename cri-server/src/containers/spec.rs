@@ -269,6 +269,9 @@ pub fn build(
             .map(|s| s.supplemental_groups.clone())
             .unwrap_or_default(),
         image_user: image.user.clone(),
+        strict_groups: sc.is_some_and(|s| {
+            s.supplemental_groups_policy == cri::SupplementalGroupsPolicy::Strict as i32
+        }),
     };
     let user = user::resolve(&user_req, &image.layers).map_err(invalid)?;
 

@@ -29,6 +29,9 @@ pub struct UserRequest {
     pub supplemental_groups: Vec<i64>,
     /// The image config's `User` (`name`, `uid`, `name:group`, `uid:gid`).
     pub image_user: String,
+    /// SupplementalGroupsPolicy Strict: only the requested groups, not the image's
+    /// /etc/group memberships (Merge, the default, adds both).
+    pub strict_groups: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -181,7 +184,7 @@ pub fn resolve(req: &UserRequest, layers: &[PathBuf]) -> Result<ResolvedUser, St
         entry.map(|e| e.gid).unwrap_or(0)
     };
     let mut additional_gids = Vec::new();
-    if let Some(e) = entry {
+    if let Some(e) = entry.filter(|_| !req.strict_groups) {
         for g in &groups {
             if g.members.iter().any(|m| m == &e.name) && !additional_gids.contains(&g.gid) {
                 additional_gids.push(g.gid);
@@ -280,6 +283,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!((u.uid, u.gid), (65534, 7));
+    }
+
+    #[test]
+    fn strict_policy_ignores_image_groups() {
+        let img = image();
+        let req = |strict_groups| UserRequest {
+            run_as_user: Some(1000),
+            supplemental_groups: vec![1234],
+            strict_groups,
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve_in(&req(false), img.path()).unwrap().additional_gids,
+            [50000, 1234]
+        );
+        assert_eq!(
+            resolve_in(&req(true), img.path()).unwrap().additional_gids,
+            [1234]
+        );
     }
 
     #[test]

@@ -82,7 +82,16 @@ pub fn status_of(
             linux: Some(cri::LinuxContainerUser {
                 uid: rec.uid as i64,
                 gid: rec.gid as i64,
-                supplemental_groups: rec.additional_gids.iter().map(|g| *g as i64).collect(),
+                // As `id -G` shows them: the primary group first.
+                supplemental_groups: std::iter::once(rec.gid)
+                    .chain(
+                        rec.additional_gids
+                            .iter()
+                            .copied()
+                            .filter(|g| *g != rec.gid),
+                    )
+                    .map(i64::from)
+                    .collect(),
             }),
         }),
         ..Default::default()

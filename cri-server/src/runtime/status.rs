@@ -56,7 +56,7 @@ pub fn status(svc: &CriService, req: StatusRequest) -> CriResult<StatusResponse>
             }),
         }],
         features: Some(RuntimeFeatures {
-            supplemental_groups_policy: false,
+            supplemental_groups_policy: true,
         }),
     })
 }
