@@ -1249,3 +1249,60 @@ async fn wasm_images_are_recorded_as_wasm() {
     // Without it, the same name is the native image.
     assert_eq!(pull(&d, &name).await.unwrap(), native.config.digest);
 }
+
+/// An overlay mount, unmounted on drop.
+struct Overlay(PathBuf);
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn layers_under_a_mounted_rootfs_survive_remove_image() {
+    let reg = Registry::start();
+    let img = simple_image("in-use", "");
+    push(&reg.host(), "busy/rootfs", "v1", &img).await;
+    let mut d = Daemon::start();
+    let name = format!("{}/busy/rootfs:v1", reg.host());
+    pull(&d, &name).await.unwrap();
+    let layers = names(&store(&d).join("layers"));
+    let layer = store(&d).join("layers").join(layers.first().unwrap());
+
+    // A container's rootfs: the layer as an overlay lowerdir.
+    let work = tempfile::tempdir().unwrap();
+    let (upper, wdir, target) = (
+        work.path().join("u"),
+        work.path().join("w"),
+        work.path().join("m"),
+    );
+    for p in [&upper, &wdir, &target] {
+        std::fs::create_dir(p).unwrap();
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        layer.display(),
+        upper.display(),
+        wdir.display()
+    );
+    let st = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(&target)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount overlay");
+    let mounted = Overlay(target.clone());
+
+    remove(&d, &name).await;
+    assert_eq!(status(&d, &name).await, None);
+    assert!(layer.exists(), "a mounted layer was deleted");
+    assert_eq!(std::fs::read(target.join("bin/marker")).unwrap(), b"in-use");
+
+    // Once the rootfs is gone, the next collection (here: at start) frees the layer.
+    drop(mounted);
+    d.stop();
+    d.spawn();
+    assert!(list(&d).await.is_empty());
+    assert!(!layer.exists(), "an unused layer survived");
+}

@@ -23,6 +23,6 @@ pub use pull::{Credentials, PullRequest, Pulled};
 pub use record::{DiskUsage, ImageRecord, LayerRecord};
 pub use reference::ImageRef;
 pub use registry_config::{RegistryConfig, RegistryHost};
-pub use store::{Collected, FsUsage, ImageStore};
+pub use store::{Collected, FsUsage, ImageStore, LayerUsers};
 pub use unpack::Limits;
 pub use user::{ImageUser, parse_user};

@@ -42,7 +42,12 @@ pub struct ImageStore {
     /// Pulls in flight, keyed by reference + credentials + platform.
     pub(crate) inflight: Mutex<HashMap<String, Shared<BoxFuture<'static, Result<Pulled>>>>>,
     nonce: AtomicU64,
+    /// Chain IDs that containers use (even unmounted ones), from the container service.
+    layer_users: Mutex<Option<LayerUsers>>,
 }
+
+/// Tells gc which chain IDs containers still need.
+pub type LayerUsers = Box<dyn Fn() -> Vec<String> + Send + Sync>;
 
 #[derive(Default)]
 struct Index {
@@ -175,6 +180,7 @@ impl ImageStore {
             content_locks: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
             nonce: AtomicU64::new(0),
+            layer_users: Mutex::new(None),
         });
         let c = store.gc()?;
         if c != Collected::default() {
@@ -185,6 +191,12 @@ impl ImageStore {
             );
         }
         Ok(store)
+    }
+
+    /// Registers who else uses layers (created containers whose rootfs is not mounted
+    /// yet); gc keeps what it lists. Mounted layers are found without it.
+    pub fn set_layer_users(&self, users: LayerUsers) {
+        *self.layer_users.lock().unwrap_or_else(|p| p.into_inner()) = Some(users);
     }
 
     pub fn dir(&self) -> &Path {
@@ -245,6 +257,17 @@ impl ImageStore {
                 pins.keys()
                     .map(|k| k.strip_prefix("sha256:").unwrap_or(k).to_string()),
             );
+            // Layers under a container's rootfs stay until it is gone, whatever happened to
+            // the image (containerd keeps such snapshots too).
+            keep.extend(mounted_layers(&self.dir.join("layers")));
+            let users = self.layer_users.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(users) = users.as_ref() {
+                keep.extend(
+                    users()
+                        .iter()
+                        .map(|k| k.strip_prefix("sha256:").unwrap_or(k).to_string()),
+                );
+            }
             for (sub, count) in [
                 ("layers", &mut collected.layers),
                 ("blobs/sha256", &mut collected.blobs),
@@ -411,6 +434,55 @@ impl ImageStore {
         idx.insert(rec.clone());
         Ok(rec)
     }
+}
+
+/// Layer directory names used as overlay lowerdirs by any mount namespace on the host (a
+/// container's rootfs is mounted in its own namespace, so each is read once).
+fn mounted_layers(layers_dir: &Path) -> HashSet<String> {
+    let prefix = format!("{}/", layers_dir.display());
+    let mut seen_ns = HashSet::new();
+    let mut out = HashSet::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    let pids = procs
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().bytes().all(|b| b.is_ascii_digit()));
+    for pid in std::iter::once("self".into()).chain(pids) {
+        let proc_dir = Path::new("/proc").join(&pid);
+        // Processes come and go while we look; a vanished one is simply skipped.
+        let Ok(ns) = std::fs::read_link(proc_dir.join("ns/mnt")) else {
+            continue;
+        };
+        if !seen_ns.insert(ns) {
+            continue;
+        }
+        let Ok(mountinfo) = std::fs::read_to_string(proc_dir.join("mountinfo")) else {
+            continue;
+        };
+        for line in mountinfo.lines() {
+            let Some((_, tail)) = line.split_once(" - ") else {
+                continue;
+            };
+            let mut f = tail.split(' ');
+            if f.next() != Some("overlay") {
+                continue;
+            }
+            let opts = f.nth(1).unwrap_or_default();
+            for opt in opts.split(',') {
+                let Some(lower) = opt.strip_prefix("lowerdir=") else {
+                    continue;
+                };
+                for p in lower.split(':') {
+                    if let Some(rest) = p.strip_prefix(&prefix) {
+                        out.insert(rest.split('/').next().unwrap_or(rest).to_string());
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The first layer directory or Wasm blob of `rec` that is not on disk.
