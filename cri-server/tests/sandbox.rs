@@ -1,7 +1,8 @@
 //! Pod sandboxes through the real daemon and CRI client: real namespaces, real CNI plugins
 //! (/usr/lib/cni bridge, host-local, portmap), real cgroups. Each test uses its own CNI
 //! network name, bridge and subnet so tests running side by side cannot see each other's
-//! leases, veths or rules, and a guard removes everything even when the test fails.
+//! leases, veths or rules; the harness removes every pod when the daemon is dropped, so
+//! nothing is left even when a test fails.
 
 mod common;
 
@@ -127,26 +128,6 @@ impl Drop for TestNet {
         let _ = std::fs::remove_dir_all(Path::new("/var/lib/cni/networks").join(&self.name));
         for h in cgroup_hierarchies() {
             let _ = std::fs::remove_dir(h.join(self.cgroup_parent.trim_start_matches('/')));
-        }
-    }
-}
-
-/// Removes every pod of a daemon when dropped (declare it after the daemon, so it runs
-/// first), so a failing test leaves no mounts, namespaces or inits behind.
-struct RemoveAllPods(String);
-
-impl RemoveAllPods {
-    fn of(daemon: &Daemon) -> RemoveAllPods {
-        RemoveAllPods(daemon.endpoint())
-    }
-}
-
-impl Drop for RemoveAllPods {
-    fn drop(&mut self) {
-        if let Some(crictl) = common::which("crictl") {
-            let _ = Command::new(crictl)
-                .args(["--runtime-endpoint", &self.0, "rmp", "--force", "--all"])
-                .output();
         }
     }
 }
@@ -313,7 +294,6 @@ fn pod_file(info: &serde_json::Value, which: &str) -> String {
 async fn a_pod_gets_an_ip_a_host_port_dns_and_a_hostname() {
     let net = TestNet::new("net", "10.89.1.0/24");
     let daemon = net.start();
-    let _cleanup = RemoveAllPods::of(&daemon);
     let mut rt = daemon.runtime().await;
 
     let mut config = pod_config("web", Some(&net));
@@ -419,7 +399,6 @@ async fn a_pod_gets_an_ip_a_host_port_dns_and_a_hostname() {
 async fn sysctls_land_in_the_pod_namespaces_and_bad_ones_are_refused() {
     let net = TestNet::new("sysctl", "10.89.2.0/24");
     let daemon = net.start();
-    let _cleanup = RemoveAllPods::of(&daemon);
     let mut rt = daemon.runtime().await;
 
     let mut config = pod_config("sysctl", Some(&net));
@@ -490,7 +469,6 @@ async fn host_namespaces_make_no_network_and_no_init() {
     // No CNI config at all: a host-network pod must not need one.
     let empty = tempfile::tempdir().unwrap();
     let daemon = Daemon::start_with_config(&format!("[cni]\nconf_dir = {:?}\n", empty.path()));
-    let _cleanup = RemoveAllPods::of(&daemon);
     let mut rt = daemon.runtime().await;
 
     let mut config = pod_config("hostns", None);
@@ -543,7 +521,6 @@ async fn host_namespaces_make_no_network_and_no_init() {
 async fn the_pod_init_holds_the_pid_namespace_and_outlives_the_daemon() {
     let net = TestNet::new("init", "10.89.3.0/24");
     let mut daemon = net.start();
-    let _cleanup = RemoveAllPods::of(&daemon);
     let mut rt = daemon.runtime().await;
 
     let mut config = pod_config("init", Some(&net));
@@ -629,7 +606,6 @@ async fn the_pod_init_holds_the_pid_namespace_and_outlives_the_daemon() {
 async fn stop_and_remove_are_idempotent_and_list_filters() {
     let net = TestNet::new("idem", "10.89.4.0/24");
     let daemon = net.start();
-    let _cleanup = RemoveAllPods::of(&daemon);
     let mut rt = daemon.runtime().await;
 
     let unknown = "0".repeat(64);
@@ -750,7 +726,6 @@ async fn a_failing_cni_plugin_fails_the_pod_and_leaves_nothing_behind() {
         ),
     );
     let daemon = net.start();
-    let _cleanup = RemoveAllPods::of(&daemon);
     let mut rt = daemon.runtime().await;
     let mut config = pod_config("doomed", Some(&net));
     config.port_mappings = vec![cri::PortMapping {
@@ -794,7 +769,6 @@ async fn a_failing_cni_plugin_fails_the_pod_and_leaves_nothing_behind() {
 async fn a_hundred_cycles_leak_nothing() {
     let net = TestNet::new("cycle", "10.89.6.0/24");
     let daemon = net.start();
-    let _cleanup = RemoveAllPods::of(&daemon);
     let mut rt = daemon.runtime().await;
     let started = Instant::now();
     for i in 0..100 {
@@ -841,7 +815,6 @@ fn count_pod_inits(cgroup_parent: &str) -> usize {
 async fn a_crashed_daemon_recovers_its_pods_and_their_networks() {
     let net = TestNet::new("crash", "10.89.7.0/24");
     let mut daemon = net.start();
-    let _cleanup = RemoveAllPods::of(&daemon);
     let mut rt = daemon.runtime().await;
     let mut config = pod_config("crash", Some(&net));
     config.port_mappings = vec![cri::PortMapping {
@@ -880,7 +853,6 @@ async fn a_crashed_daemon_recovers_its_pods_and_their_networks() {
 async fn a_pod_without_a_record_is_cleaned_up_at_start() {
     let net = TestNet::new("orphan", "10.89.8.0/24");
     let mut daemon = net.start();
-    let _cleanup = RemoveAllPods::of(&daemon);
     let mut rt = daemon.runtime().await;
     let mut config = pod_config("orphan", Some(&net));
     config.port_mappings = vec![cri::PortMapping {

@@ -164,6 +164,12 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // Pods outlive the daemon by design (their inits, pinned namespaces, CNI
+            // leases): remove them first so no test leaves any behind, even a failing one.
+            let running = matches!(child.try_wait(), Ok(None));
+            if running && which("crictl").is_some() {
+                let _ = self.crictl(&["rmp", "--force", "--all"]);
+            }
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             wait_with_timeout(&mut child, Duration::from_secs(20));
         }
