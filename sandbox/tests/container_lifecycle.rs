@@ -823,3 +823,35 @@ fn a_localhost_seccomp_profile_blocks_chmod_and_sethostname() {
     assert_eq!(fx.stdout(), ["chmod=1", "hostname=1"]);
     assert!(fx.log().contains("Operation not permitted"), "{}", fx.log());
 }
+
+#[test]
+fn host_disks_stay_closed_despite_cap_mknod() {
+    use std::os::unix::fs::MetadataExt;
+    let fx = Fixture::new();
+    let disk = std::fs::read_dir("/dev")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| {
+            e.file_type().is_ok_and(|t| {
+                use std::os::unix::fs::FileTypeExt;
+                t.is_block_device()
+            })
+        })
+        .unwrap()
+        .metadata()
+        .unwrap()
+        .rdev();
+    let (major, minor) = (libc::major(disk), libc::minor(disk));
+    let script = format!(
+        "mknod /disk b {major} {minor} && echo made; head -c 1 /disk >/dev/null 2>&1; echo read=$?"
+    );
+    assert_eq!(fx.run(&fx.spec(&["sh", "-c", &script])).exit_code, 0);
+    assert_eq!(fx.stdout(), ["made", "read=1"]);
+
+    let privileged = Fixture::new();
+    let mut spec = privileged.spec(&["sh", "-c", &script]);
+    spec.privileged = true;
+    spec.process.capabilities = vec!["ALL".into()];
+    assert_eq!(privileged.run(&spec).exit_code, 0);
+    assert_eq!(privileged.stdout(), ["made", "read=0"]);
+}

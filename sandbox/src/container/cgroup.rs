@@ -72,7 +72,25 @@ pub enum Hierarchy {
 }
 
 /// The v1 controllers each container gets a directory in.
-const V1_CONTROLLERS: &[&str] = &["cpu", "cpuacct", "memory", "pids"];
+const V1_CONTROLLERS: &[&str] = &["cpu", "cpuacct", "memory", "pids", "devices"];
+
+/// Devices an unprivileged container may use (runc's defaults): the standard character
+/// devices, terminals and tun; creating any node is allowed, opening others is not, so
+/// CAP_MKNOD cannot reach the host's disks.
+const DEFAULT_DEVICE_RULES: &[&str] = &[
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+    "c 10:200 rwm",
+];
 
 impl Hierarchy {
     pub fn detect() -> Self {
@@ -271,6 +289,21 @@ impl Cgroup {
         text.lines()
             .find_map(|l| l.strip_prefix("oom_kill "))
             .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Limits device access to the default set (v1 devices controller). On v2 this needs a
+    /// BPF device program, which berth does not load yet: there it does nothing.
+    pub fn restrict_devices(&self) -> Result<(), CgroupError> {
+        let Some(dir) = self.dir("devices") else {
+            return Ok(());
+        };
+        let deny = dir.join("devices.deny");
+        std::fs::write(&deny, "a").map_err(io_err(&deny))?;
+        let allow = dir.join("devices.allow");
+        for rule in DEFAULT_DEVICE_RULES {
+            std::fs::write(&allow, rule).map_err(io_err(&allow))?;
+        }
+        Ok(())
     }
 
     /// Current usage, from the cgroup files (fields the kernel does not offer stay 0).

@@ -143,6 +143,9 @@ pub fn create(
             let _ = made.remove();
         });
         cgroup.create(&cg.resources)?;
+        if !spec.privileged {
+            cgroup.restrict_devices()?;
+        }
     }
     let pid = spawn_monitor(monitor, dir)?;
     undo.commit();
