@@ -26,7 +26,7 @@ mod stop;
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::FromRawFd;
+use std::os::fd::{FromRawFd, RawFd};
 use std::path::Path;
 
 use wasmtime::component::ResourceTable;
@@ -114,11 +114,7 @@ fn load(engine: &Engine, opts: &RunOptions) -> Result<Program, CacheError> {
     if let Some(artifact) = &opts.precompiled {
         let (file, name) = match &artifact.source {
             ArtifactSource::Path(path) => (File::open(path), path.clone()),
-            // SAFETY: the fd was passed to us for exactly this purpose; we take ownership.
-            ArtifactSource::Fd(fd) => (
-                Ok(unsafe { File::from_raw_fd(*fd) }),
-                format!("fd {fd}").into(),
-            ),
+            ArtifactSource::Fd(fd) => (inherited_file(*fd), format!("fd {fd}").into()),
         };
         let loaded = file
             .map_err(|source| CacheError::Io {
@@ -143,6 +139,17 @@ fn load(engine: &Engine, opts: &RunOptions) -> Result<Program, CacheError> {
         source,
     })?;
     cache::compile(engine, &wasm, &opts.module)
+}
+
+/// Takes ownership of a descriptor handed down across exec, if it really is open.
+fn inherited_file(fd: RawFd) -> std::io::Result<File> {
+    // SAFETY: F_GETFD only queries the descriptor table.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the fd is open and was passed to this process for exactly this purpose;
+    // nothing else in the runner knows its number.
+    Ok(unsafe { File::from_raw_fd(fd) })
 }
 
 fn wasi_builder(opts: &RunOptions) -> Result<WasiCtxBuilder, String> {
