@@ -399,8 +399,17 @@ fn volumes_readonly_and_through_a_symlink() {
             propagation: Propagation::Private,
         });
     }
-    assert_eq!(fx.run(&spec).exit_code, 0);
-    assert_eq!(fx.stdout(), ["ro=1", "ro"]);
+    // A file (like the pod's resolv.conf) onto a path the image does not have.
+    std::fs::write(fx.path("resolv.conf"), "nameserver 10.10.10.10\n").unwrap();
+    spec.mounts.push(BindMount {
+        source: fx.path("resolv.conf"),
+        destination: "/etc/resolv.conf".into(),
+        readonly: true,
+        propagation: Propagation::Private,
+    });
+    spec.process.args[2].push_str("; cat /etc/resolv.conf");
+    assert_eq!(fx.run(&spec).exit_code, 0, "{}", fx.log());
+    assert_eq!(fx.stdout(), ["ro=1", "ro", "nameserver 10.10.10.10"]);
     assert!(data.join("made").exists());
 }
 

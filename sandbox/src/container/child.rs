@@ -357,10 +357,8 @@ fn populate_dev() -> SetupResult<()> {
 
 fn attach_bind(m: &BindMount, fd: &OwnedFd) -> SetupResult<()> {
     let dest = &m.destination;
-    let source_is_dir = std::fs::metadata(&m.source).map(|md| md.is_dir());
-    // The source was opened before pivot_root; its type comes from the clone itself.
-    let is_dir = source_is_dir.unwrap_or_else(|_| fd_is_dir(fd));
-    if is_dir {
+    // Host paths are out of sight now: the source's type comes from its clone.
+    if fd_is_dir(fd) {
         std::fs::create_dir_all(dest).context(|| format!("creating mount point {dest:?}"))?;
     } else {
         if let Some(parent) = dest.parent() {
