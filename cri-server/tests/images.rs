@@ -859,6 +859,45 @@ async fn a_blob_with_the_wrong_digest_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_layer_whose_diff_id_does_not_match_the_config_is_refused() {
+    let reg = Registry::start();
+    let mut img = simple_image("diff", "");
+    // The config claims other uncompressed content than the layer has.
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [sha256(b"something else")]},
+    }))
+    .unwrap();
+    img.config = Blob {
+        digest: sha256(&config),
+        data: config,
+        media_type: "application/vnd.oci.image.config.v1+json".into(),
+    };
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": img.config.media_type, "digest": img.config.digest, "size": img.config.data.len()},
+        "layers": [{"mediaType": img.layers[0].media_type, "digest": img.layers[0].digest, "size": img.layers[0].data.len()}],
+    }))
+    .unwrap();
+    img.manifest = Blob {
+        digest: sha256(&manifest),
+        data: manifest,
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+    };
+    push(&reg.host(), "diff/app", "v1", &img).await;
+    let d = Daemon::start();
+    let e = pull(&d, &format!("{}/diff/app:v1", reg.host()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("the config says"), "{}", e.message());
+    assert!(list(&d).await.is_empty());
+    assert_nothing_left(&d, 0);
+    assert!(names(&store(&d).join("blobs/sha256")).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn concurrent_pulls_of_one_image_do_the_work_once() {
     let reg = Registry::start();
     let img = image(

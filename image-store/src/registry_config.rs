@@ -18,10 +18,13 @@ pub struct RegistryConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistryHost {
-    /// Endpoints tried in order before the host itself, e.g. `http://127.0.0.1:5000`.
-    /// Images pulled through a mirror keep their canonical name.
+    /// Endpoints tried in order before the host itself, e.g. `http://127.0.0.1:5000`
+    /// (scheme and host:port; a path is ignored). Images pulled through a mirror keep their
+    /// canonical name. Mirrors are asked anonymously: the pull's credentials belong to the
+    /// host itself.
     pub mirrors: Vec<String>,
-    /// Reach the host itself over plain HTTP (and accept unverified TLS).
+    /// Reach the host itself with unverified TLS, then plain HTTP. Loopback hosts
+    /// (`localhost`, `127.x`, `[::1]`) are treated so without this, as containerd does.
     pub insecure: bool,
     /// Never fall back to the host itself when every mirror failed.
     pub mirrors_only: bool,
