@@ -81,11 +81,21 @@ impl StreamingRuntime for DaemonStreaming {
         run_to_exit(process, streams).await
     }
 
-    async fn attach(&self, req: AttachRequest, _streams: Streams) -> Result<(), RuntimeError> {
-        self.running(&req.container_id)?;
-        Err(RuntimeError::Unsupported(
-            "attach is not supported by berth yet".into(),
-        ))
+    async fn attach(&self, req: AttachRequest, streams: Streams) -> Result<(), RuntimeError> {
+        let rec = self.running(&req.container_id)?;
+        let conn = tokio::task::spawn_blocking(move || ctr::attach(&rec.dir))
+            .await
+            .map_err(internal)?
+            .map_err(|e| match e {
+                ctr::ContainerError::NotRunning => RuntimeError::FailedPrecondition(format!(
+                    "container {} is not running",
+                    req.container_id
+                )),
+                e => internal(e),
+            })?;
+        conn.set_nonblocking(true).map_err(internal)?;
+        let conn = tokio::net::UnixStream::from_std(conn).map_err(internal)?;
+        relay_attach(conn, streams).await
     }
 
     async fn port_forward(&self, pod_id: &str, port: u16) -> Result<TcpStream, RuntimeError> {
@@ -179,6 +189,56 @@ async fn run_to_exit(mut process: ctr::ExecProcess, streams: Streams) -> Result<
         f.abort();
     }
     Ok(code)
+}
+
+/// Relays an attach connection to the monitor: its output frames to the client's stdout
+/// and stderr, the client's stdin to it (shutting down our write side at the client's
+/// EOF, which `stdin_once` turns into the container's EOF). Ends when the monitor closes
+/// the connection (the container exited) or the client's output streams are gone.
+async fn relay_attach(conn: tokio::net::UnixStream, streams: Streams) -> Result<(), RuntimeError> {
+    use sandbox::monitor::attach::{STDERR, STDOUT, decode_frame};
+    let (mut from_monitor, mut to_monitor) = conn.into_split();
+    let feed = streams.stdin.map(|mut from| {
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut from, &mut to_monitor).await;
+            let _ = to_monitor.shutdown().await;
+        })
+    });
+    let (mut stdout, mut stderr) = (streams.stdout, streams.stderr);
+    let mut buf = Vec::with_capacity(64 << 10);
+    let mut chunk = vec![0u8; 32 << 10];
+    'relay: loop {
+        let n = from_monitor.read(&mut chunk).await.map_err(internal)?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut used = 0;
+        while let Some((stream, payload, len)) = decode_frame(&buf[used..]) {
+            let to = match stream {
+                STDOUT => &mut stdout,
+                STDERR => &mut stderr,
+                _ => &mut None,
+            };
+            if let Some(w) = to
+                && w.write_all(payload).await.is_err()
+            {
+                *to = None;
+                if stdout.is_none() && stderr.is_none() {
+                    break 'relay;
+                }
+            }
+            used += len;
+        }
+        buf.drain(..used);
+    }
+    for w in [stdout.as_mut(), stderr.as_mut()].into_iter().flatten() {
+        let _ = w.shutdown().await;
+    }
+    if let Some(f) = feed {
+        f.abort();
+    }
+    Ok(())
 }
 
 /// Copies a process's output to the client's stream, or drains it if the client did not

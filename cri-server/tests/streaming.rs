@@ -81,6 +81,18 @@ async fn sleeping_container(
     pod: &Pod<'_>,
     cfg: &cri::PodSandboxConfig,
 ) -> String {
+    container(d, rt, pod, cfg, "sleeper", &["sleep", "3600"], false).await
+}
+
+async fn container(
+    d: &Daemon,
+    rt: &mut Runtime,
+    pod: &Pod<'_>,
+    cfg: &cri::PodSandboxConfig,
+    name: &str,
+    cmd: &[&str],
+    stdin_once: bool,
+) -> String {
     d.images()
         .await
         .pull_image(cri::PullImageRequest {
@@ -97,14 +109,16 @@ async fn sleeping_container(
             pod_sandbox_id: pod.id.clone(),
             config: Some(cri::ContainerConfig {
                 metadata: Some(cri::ContainerMetadata {
-                    name: "sleeper".into(),
+                    name: name.into(),
                     attempt: 0,
                 }),
                 image: Some(cri::ImageSpec {
                     image: BUSYBOX.into(),
                     ..Default::default()
                 }),
-                command: vec!["sleep".into(), "3600".into()],
+                command: cmd.iter().map(|c| c.to_string()).collect(),
+                stdin: stdin_once,
+                stdin_once,
                 linux: Some(cri::LinuxContainerConfig::default()),
                 ..Default::default()
             }),
@@ -422,4 +436,21 @@ async fn crictl_port_forward_reaches_localhost_in_the_pod() {
     let _ = crictl.stderr.take().unwrap().read_to_string(&mut err);
     let _ = crictl.wait();
     assert!(err.contains("error forwarding port 1"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the container monitor to hold stdin open (sandbox attach, in progress)"]
+async fn crictl_attach_with_stdin_once_over_spdy_and_websocket() {
+    let d = daemon();
+    let mut rt = d.runtime().await;
+    let (pod, cfg) = run_pod(&d, &mut rt, "stream-attach").await;
+    for transport in TRANSPORTS {
+        // As critest does: sh reading its stdin, attached once; closing stdin ends it.
+        let name = format!("shell-{transport}");
+        let cid = container(&d, &mut rt, &pod, &cfg, &name, &["/bin/sh"], true).await;
+        let t = format!("--transport={transport}");
+        let out = crictl_with_input(&d, &["attach", "-i", &t, &cid], b"echo -n hello\n");
+        assert!(out.status.success(), "{transport}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "hello", "{transport}");
+    }
 }
