@@ -320,10 +320,12 @@ fn the_monitor_outlives_its_parent_and_records_the_exit() {
         .trim()
         .parse()
         .unwrap();
+    let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", monitor.pid)).unwrap();
     eprintln!(
-        "monitor VmRSS: {rss_kib} KiB (RssAnon {}, RssFile {})",
+        "monitor VmRSS: {rss_kib} KiB (RssAnon {}, RssFile {}, Pss {})",
         field(&status, "RssAnon:"),
-        field(&status, "RssFile:")
+        field(&status, "RssFile:"),
+        field(&rollup, "Pss:")
     );
     container::start(&fx.dir()).unwrap();
     assert_eq!(fx.wait_exit().exit_code, 7);

@@ -74,6 +74,8 @@ fn run_create(dir: &Path) -> i32 {
             return 1;
         }
     }
+    // Keep no directory of the daemon's busy.
+    let _ = std::env::set_current_dir("/");
     // stdout is the daemon's handshake pipe until the container process is ready.
     let monitor = match Monitor::prepare(dir) {
         Ok(m) => m,
