@@ -1345,3 +1345,31 @@ async fn layers_under_a_mounted_rootfs_survive_remove_image() {
     assert!(list(&d).await.is_empty());
     assert!(!layer.exists(), "an unused layer survived");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_moved_tag_follows_the_registry() {
+    let reg = Registry::start();
+    let (old, new) = (simple_image("old", ""), simple_image("new", ""));
+    let d = Daemon::start();
+    let name = format!("{}/moving/app:latest", reg.host());
+    push(&reg.host(), "moving/app", "latest", &old).await;
+    assert_eq!(pull(&d, &name).await.unwrap(), old.config.digest);
+    assert_eq!(
+        pull(&d, &name).await.unwrap(),
+        old.config.digest,
+        "a re-pull is idempotent"
+    );
+    assert_eq!(status(&d, &name).await.unwrap().repo_tags.len(), 1);
+
+    push(&reg.host(), "moving/app", "latest", &new).await;
+    assert_eq!(pull(&d, &name).await.unwrap(), new.config.digest);
+    assert_eq!(status(&d, &name).await.unwrap().id, new.config.digest);
+    // The old image keeps its digest but loses the tag, as with containerd.
+    let o = status(&d, &old.config.digest).await.unwrap();
+    assert!(o.repo_tags.is_empty(), "{:?}", o.repo_tags);
+    assert_eq!(
+        o.repo_digests,
+        [format!("{}/moving/app@{}", reg.host(), old.manifest.digest)]
+    );
+    assert_eq!(list(&d).await.len(), 2);
+}
