@@ -1,12 +1,13 @@
 //! The per-container monitor, conmon-like: one small single-threaded process per container,
 //! started by the daemon as `<berth> __monitor create <state-dir>`. It detaches (setsid and
 //! a second fork, no parent-death signal) so it outlives daemon restarts, forks the container
-//! process, holds its stdout/stderr pipes, writes the CRI log, serves `start` and
-//! `reopen-log` on a control socket in the state dir, waits on the process through a pidfd
-//! and records its exit durably in `exit.json`.
+//! process, holds its stdio pipes, writes the CRI log, serves `start` and `reopen-log` on a
+//! control socket and attach clients on an attach socket (both in the state dir), waits on
+//! the process through a pidfd and records its exit durably in `exit.json`.
 //!
-//! `<berth> __monitor exec <state-dir> <request-json>` is the exec helper: it enters a running
-//! container's namespaces and cgroup and runs one more process there (ExecSync).
+//! `<berth> __monitor exec <state-dir> <request-json> [--tty]` is the exec helper: it enters
+//! a running container's namespaces and cgroup and runs one more process there (Exec and
+//! ExecSync).
 
 pub mod attach;
 pub mod cri_log;
