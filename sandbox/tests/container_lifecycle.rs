@@ -86,6 +86,7 @@ impl Fixture {
                 seccomp_profile: None,
                 stdin: false,
                 stdin_once: false,
+                tty: false,
             },
             namespaces: Namespaces::default(),
             hostname: None,
@@ -865,4 +866,43 @@ fn host_disks_stay_closed_despite_cap_mknod() {
     spec.process.capabilities = vec!["ALL".into()];
     assert_eq!(privileged.run(&spec).exit_code, 0);
     assert_eq!(privileged.stdout(), ["made", "read=0"]);
+}
+
+#[test]
+fn a_container_with_a_terminal() {
+    use sandbox::monitor::attach::{STDOUT, decode_frame};
+    use std::io::{Read, Write};
+    let fx = Fixture::new();
+    let mut spec = fx.spec(&[
+        "sh",
+        "-c",
+        "test -t 0 && echo TTY; read x; stty size; echo got $x",
+    ]);
+    spec.process.tty = true;
+    spec.process.stdin = true;
+    container::create(&monitor(), &spec, &fx.dir()).unwrap();
+    container::resize(&fx.dir(), 40, 120).unwrap();
+    let mut conn = container::attach(&fx.dir()).unwrap();
+    container::start(&fx.dir()).unwrap();
+    conn.write_all(b"line\n").unwrap();
+    let mut wire = Vec::new();
+    conn.read_to_end(&mut wire).unwrap();
+    let mut out = Vec::new();
+    let mut rest = &wire[..];
+    while let Some((stream, payload, used)) = decode_frame(rest) {
+        assert_eq!(stream, STDOUT);
+        out.extend_from_slice(payload);
+        rest = &rest[used..];
+    }
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.contains("TTY\r\n") && out.contains("40 120\r\n"),
+        "{out:?}"
+    );
+    assert!(out.contains("got line\r\n"), "{out:?}");
+    assert_eq!(fx.wait_exit().exit_code, 0);
+    // The terminal echoes input; everything is logged as stdout, "\r\n" ends a line.
+    let logged = fx.stdout();
+    assert!(logged.contains(&"TTY".to_string()), "{logged:?}");
+    assert!(logged.contains(&"got line".to_string()), "{logged:?}");
 }

@@ -398,6 +398,7 @@ pub fn build(
             seccomp_profile,
             stdin: cfg.stdin,
             stdin_once: cfg.stdin_once,
+            tty: cfg.tty,
         },
         namespaces: namespaces(pod, sc, target_pid_ns)?,
         hostname: None,

@@ -71,6 +71,15 @@ pub(crate) fn setup_container(
 ) -> SetupResult<ExecPlan> {
     reset_process_state();
     nix::unistd::setsid().context(|| "setsid".into())?;
+    if spec.process.tty {
+        // SAFETY: ioctl on our stdin, which is the terminal's slave.
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
+            return Err(format!(
+                "taking the terminal: {}",
+                io::Error::last_os_error()
+            ));
+        }
+    }
     if let Some(cg) = cgroup {
         cg.join_self().context(|| "joining the cgroup".into())?;
     }

@@ -3,13 +3,13 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{ContainerError, ExecRequest, MonitorCommand, io_ctx};
+use super::{ContainerError, ExecRequest, MonitorCommand, io_ctx, terminal};
 use crate::monitor::pidfd_open;
 
 /// containerd's and CRI-O's cap on ExecSync output per stream.
@@ -61,7 +61,7 @@ pub fn spawn_exec(
     cmd.arg("exec").arg(dir).arg(json);
     let mut terminal = None;
     if stdio.tty {
-        let (master, slave) = open_terminal().map_err(io_ctx("allocating a terminal"))?;
+        let (master, slave) = terminal::open().map_err(io_ctx("allocating a terminal"))?;
         let dup = |fd: &OwnedFd| fd.try_clone().map(Stdio::from);
         cmd.arg(crate::monitor::TTY_FLAG)
             .stdin(dup(&slave).map_err(io_ctx("dup"))?)
@@ -122,7 +122,7 @@ impl ExecProcess {
         let Some(terminal) = &self.terminal else {
             return Ok(());
         };
-        set_size(terminal.as_fd(), rows, cols).map_err(io_ctx("resizing the terminal"))
+        terminal::set_size(terminal.as_fd(), rows, cols).map_err(io_ctx("resizing the terminal"))
     }
 
     /// Waits for the process and returns its exit code (128 + signal when killed), or
@@ -204,50 +204,6 @@ pub fn exec_sync(
         stdout,
         stderr,
     })
-}
-
-/// A new pseudo-terminal on the host's devpts: (master, slave), both close-on-exec.
-fn open_terminal() -> io::Result<(OwnedFd, OwnedFd)> {
-    // SAFETY: posix_openpt/grantpt/unlockpt/ptsname_r on an fd we own; checked results.
-    unsafe {
-        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
-        if master < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let master = OwnedFd::from_raw_fd(master);
-        if libc::grantpt(master.as_raw_fd()) != 0 || libc::unlockpt(master.as_raw_fd()) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut name = [0 as libc::c_char; 64];
-        let rc = libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len());
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        let slave = libc::open(
-            name.as_ptr(),
-            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-        );
-        if slave < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let slave = OwnedFd::from_raw_fd(slave);
-        set_size(master.as_fd(), 24, 80)?;
-        Ok((master, slave))
-    }
-}
-
-fn set_size(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<()> {
-    let size = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ with a valid winsize on a terminal fd.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &size) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 fn parse_status(status: &str, key: &str) -> Option<i32> {

@@ -18,6 +18,7 @@ pub mod seccomp;
 pub mod spec;
 pub mod state;
 mod syscall_table;
+pub(crate) mod terminal;
 
 use std::ffi::OsString;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -29,7 +30,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub use crate::monitor::ExecRequest;
-use crate::monitor::{REQ_REOPEN, REQ_START};
+use crate::monitor::{REQ_REOPEN, REQ_RESIZE, REQ_START};
 use crate::undo::Undo;
 use cgroup::{Cgroup, CgroupError, Hierarchy};
 pub use exec_sync::{ExecOutput, ExecProcess, ExecStdio, MAX_EXEC_OUTPUT, exec_sync, spawn_exec};
@@ -297,6 +298,11 @@ pub fn attach(dir: &Path) -> Result<UnixStream, ContainerError> {
         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ContainerError::NotRunning,
         _ => io_ctx(format!("connecting to {path:?}"))(e),
     })
+}
+
+/// Sets the size of the container's terminal (containers created with `tty`).
+pub fn resize(dir: &Path, rows: u16, cols: u16) -> Result<(), ContainerError> {
+    control(dir, &format!("{REQ_RESIZE} {rows} {cols}"))?.map_err(ContainerError::Monitor)
 }
 
 /// Lets the created container process execve its entrypoint.

@@ -74,6 +74,9 @@ pub struct Process {
     /// Close that stdin when the first attach client is done with it.
     #[serde(default)]
     pub stdin_once: bool,
+    /// A terminal as stdio and controlling tty; its output is logged as stdout.
+    #[serde(default)]
+    pub tty: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -320,6 +323,7 @@ mod tests {
                 seccomp_profile: None,
                 stdin: false,
                 stdin_once: false,
+                tty: false,
             },
             namespaces: Namespaces::default(),
             hostname: None,

@@ -59,6 +59,8 @@ pub fn main(args: Vec<OsString>) -> i32 {
 /// Control requests on the socket, one line each; replies are `ok` or `err <message>`.
 pub(crate) const REQ_START: &str = "start";
 pub(crate) const REQ_REOPEN: &str = "reopen-log";
+/// `resize <rows> <cols>`
+pub(crate) const REQ_RESIZE: &str = "resize";
 
 fn run_create(dir: &Path) -> i32 {
     // The daemon waits for this first process; the real monitor is its child, in a session
@@ -111,12 +113,57 @@ struct Monitor {
     attachments: attach::Attachments,
     stdout: Option<File>,
     stderr: Option<File>,
+    /// The terminal's master, for resizing (containers with `tty`).
+    terminal: Option<File>,
     log: LogFile,
     framer: Framer,
     cgroup: Option<Cgroup>,
     oom_baseline: u64,
     started: bool,
     start_error: Option<String>,
+}
+
+/// The container's stdio: the child's three fds, and the monitor's ends.
+struct Stdio {
+    child: [Option<File>; 3],
+    /// Where attach clients' input goes.
+    stdin: Option<File>,
+    stdout: Option<File>,
+    stderr: Option<File>,
+    terminal: Option<File>,
+}
+
+impl Stdio {
+    /// Pipes, or with `tty` one terminal whose output counts as stdout.
+    fn new(stdin: bool, tty: bool) -> Result<Self, String> {
+        if tty {
+            let (master, slave) = crate::container::terminal::open()
+                .map_err(|e| format!("allocating a terminal: {e}"))?;
+            let master = File::from(master);
+            let slave = File::from(slave);
+            let dup = |f: &File| f.try_clone().map_err(|e| format!("dup: {e}"));
+            return Ok(Self {
+                child: [Some(dup(&slave)?), Some(dup(&slave)?), Some(slave)],
+                stdin: if stdin { Some(dup(&master)?) } else { None },
+                stdout: Some(dup(&master)?),
+                stderr: None,
+                terminal: Some(master),
+            });
+        }
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let (stdin_r, stdin_w) = match stdin {
+            true => pipe().map(|(r, w)| (Some(r), Some(w)))?,
+            false => (None, None),
+        };
+        Ok(Self {
+            child: [stdin_r, Some(out_w), Some(err_w)],
+            stdin: stdin_w,
+            stdout: Some(out_r),
+            stderr: Some(err_r),
+            terminal: None,
+        })
+    }
 }
 
 fn pipe() -> Result<(File, File), String> {
@@ -135,17 +182,12 @@ impl Monitor {
             .map_err(|e| format!("writing monitor.json: {e}"))?;
         let log = LogFile::open(&spec.log_path)
             .map_err(|e| format!("opening log {:?}: {e}", spec.log_path))?;
-        let (out_r, out_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
+        let stdio = Stdio::new(spec.process.stdin, spec.process.tty)?;
         let control_path = dir.join(state::CONTROL);
         let _ = std::fs::remove_file(&control_path);
         // Bound through the directory's fd, so a state dir deeper than sun_path allows works.
         let control = listen_in(dir, state::CONTROL)?;
         let attach_listener = listen_in(dir, state::ATTACH)?;
-        let (stdin_r, stdin_w) = match spec.process.stdin {
-            true => pipe().map(|(r, w)| (Some(r), Some(w)))?,
-            false => (None, None),
-        };
         let (mut sync, child_sync) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
         let cgroup = spec
             .cgroup
@@ -169,13 +211,12 @@ impl Monitor {
         // SAFETY: the monitor is single-threaded.
         let pid = match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
             ForkResult::Child => {
-                drop((out_r, err_r, sync, stdin_w));
-                let stdio = [stdin_r, Some(out_w), Some(err_w)];
-                container_main(&spec, dir, cgroup.as_ref(), stdio, child_sync)
+                drop(sync);
+                container_main(&spec, dir, cgroup.as_ref(), stdio.child, child_sync)
             }
             ForkResult::Parent { child } => child,
         };
-        drop((out_w, err_w, child_sync, stdin_r));
+        drop((stdio.child, child_sync));
         let child = ProcessId::of(pid.as_raw()).map_err(|e| format!("container process: {e}"))?;
         let pidfd = pidfd_open(pid.as_raw()).map_err(|e| format!("pidfd_open: {e}"))?;
 
@@ -192,7 +233,7 @@ impl Monitor {
             return Err(msg.to_owned());
         }
         state::write_json(dir, state::PID, &child).map_err(|e| format!("writing pid.json: {e}"))?;
-        for f in [&out_r, &err_r] {
+        for f in [&stdio.stdout, &stdio.stderr].into_iter().flatten() {
             set_nonblocking(f.as_raw_fd());
         }
         Ok(Self {
@@ -203,11 +244,12 @@ impl Monitor {
             control,
             attachments: attach::Attachments::new(
                 attach_listener,
-                stdin_w,
+                stdio.stdin,
                 spec.process.stdin_once,
             ),
-            stdout: Some(out_r),
-            stderr: Some(err_r),
+            stdout: stdio.stdout,
+            stderr: stdio.stderr,
+            terminal: stdio.terminal,
             log,
             framer: Framer::default(),
             cgroup,
@@ -269,7 +311,12 @@ impl Monitor {
             let Some(file) = self.pipe(stream).as_mut() else {
                 return;
             };
-            match file.read(&mut buf) {
+            let read = match file.read(&mut buf) {
+                // A terminal's master reports EIO once the process side is closed.
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(0),
+                r => r,
+            };
+            match read {
                 Ok(0) => {
                     let _ = self.framer.finish(stream, state::now_ns(), self.log.file());
                     *self.pipe(stream) = None;
@@ -314,6 +361,7 @@ impl Monitor {
                 .log
                 .reopen()
                 .map_err(|e| format!("reopening the log: {e}")),
+            r if r.starts_with(REQ_RESIZE) => self.resize(r),
             other => Err(format!("unknown request {other:?}")),
         };
         let line = match reply {
@@ -321,6 +369,20 @@ impl Monitor {
             Err(msg) => format!("err {}\n", msg.replace('\n', " ")),
         };
         let _ = conn.write_all(line.as_bytes());
+    }
+
+    fn resize(&self, request: &str) -> Result<(), String> {
+        let terminal = self
+            .terminal
+            .as_ref()
+            .ok_or("the container has no terminal")?;
+        let mut words = request.split(' ').skip(1).map(str::parse::<u16>);
+        let (Some(Ok(rows)), Some(Ok(cols))) = (words.next(), words.next()) else {
+            return Err(format!("malformed request {request:?}"));
+        };
+        use std::os::fd::AsFd;
+        crate::container::terminal::set_size(terminal.as_fd(), rows, cols)
+            .map_err(|e| format!("resizing the terminal: {e}"))
     }
 
     fn start(&mut self) -> Result<(), String> {
