@@ -237,7 +237,8 @@ impl ImageStore {
                 (Some(c), false) => c.to_oci(),
                 _ => RegistryAuth::Anonymous,
             };
-            let src = RegistrySource::new(&ep, &image, auth)?;
+            let client = self.client_for(&ep, creds.as_ref().filter(|_| !ep.mirror))?;
+            let src = RegistrySource::new(client, &ep, &image, auth);
             let resolved = match src.resolve(&image, platform).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -289,6 +290,46 @@ impl ImageStore {
     }
 }
 
+/// Clients kept at most; beyond, the cache starts over (credentials come and go).
+const MAX_CLIENTS: usize = 64;
+
+impl ImageStore {
+    /// A client for `ep`, shared by pulls with the same credentials (an oci-client keeps
+    /// the first credentials it sees per registry, so never across different ones).
+    fn client_for(&self, ep: &Endpoint, creds: Option<&Credentials>) -> Result<Client> {
+        let key = format!(
+            "{}\0{}\0{}\0{}",
+            ep.host,
+            ep.http,
+            ep.any_cert,
+            creds.map(Credentials::fingerprint).unwrap_or_default()
+        );
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(&key) {
+            return Ok(c.clone());
+        }
+        let config = ClientConfig {
+            protocol: if ep.http {
+                ClientProtocol::Http
+            } else {
+                ClientProtocol::Https
+            },
+            accept_invalid_certificates: ep.any_cert,
+            platform_resolver: None,
+            connect_timeout: Some(std::time::Duration::from_secs(10)),
+            read_timeout: Some(std::time::Duration::from_secs(60)),
+            ..Default::default()
+        };
+        let client = Client::try_from(config)
+            .map_err(|e| Error::Registry(format!("registry client: {e}")))?;
+        if clients.len() >= MAX_CLIENTS {
+            clients.clear();
+        }
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+}
+
 struct Resolved {
     /// What the reference resolved to (an index or a manifest): the repo digest.
     top_digest: String,
@@ -305,30 +346,16 @@ struct RegistrySource {
 }
 
 impl RegistrySource {
-    fn new(ep: &Endpoint, image: &ImageRef, auth: RegistryAuth) -> Result<Self> {
-        let config = ClientConfig {
-            protocol: if ep.http {
-                ClientProtocol::Http
-            } else {
-                ClientProtocol::Https
-            },
-            accept_invalid_certificates: ep.any_cert,
-            platform_resolver: None,
-            connect_timeout: Some(std::time::Duration::from_secs(10)),
-            read_timeout: Some(std::time::Duration::from_secs(60)),
-            ..Default::default()
-        };
-        let client = Client::try_from(config)
-            .map_err(|e| Error::Registry(format!("registry client: {e}")))?;
+    fn new(client: Client, ep: &Endpoint, image: &ImageRef, auth: RegistryAuth) -> Self {
         let tag = match &image.target {
             Target::Tag(t) => t.clone(),
             Target::Digest(_) => "latest".into(),
         };
-        Ok(Self {
+        Self {
             client,
             repo: Reference::with_tag(ep.host.clone(), image.repository.clone(), tag),
             auth,
-        })
+        }
     }
 
     fn at(&self, target: &Target) -> Reference {

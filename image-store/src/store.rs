@@ -44,6 +44,9 @@ pub struct ImageStore {
     nonce: AtomicU64,
     /// Chain IDs that containers use (even unmounted ones), from the container service.
     layer_users: Mutex<Option<LayerUsers>>,
+    /// Registry clients by endpoint and credentials: building one costs tens of ms, and a
+    /// kept client keeps its bearer tokens.
+    pub(crate) clients: Mutex<HashMap<String, oci_client::Client>>,
 }
 
 /// Tells gc which chain IDs containers still need.
@@ -181,6 +184,7 @@ impl ImageStore {
             inflight: Mutex::new(HashMap::new()),
             nonce: AtomicU64::new(0),
             layer_users: Mutex::new(None),
+            clients: Mutex::new(HashMap::new()),
         });
         let c = store.gc()?;
         if c != Collected::default() {
