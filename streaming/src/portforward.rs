@@ -104,8 +104,9 @@ pub async fn serve(
             forwards.spawn(async move { forward(&*runtime, &pod_id, port, error, data).await });
         }
     }
-    // The client is gone: so is every forward it started.
+    // The client is gone: so is every forward it started, and every half-made pair.
     forwards.shutdown().await;
+    drop(pairs);
     conn.close().await;
 }
 
