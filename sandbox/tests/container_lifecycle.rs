@@ -906,3 +906,37 @@ fn a_container_with_a_terminal() {
     assert!(logged.contains(&"TTY".to_string()), "{logged:?}");
     assert!(logged.contains(&"got line".to_string()), "{logged:?}");
 }
+
+#[test]
+#[ignore = "timing report, run by hand with --ignored --nocapture"]
+fn timing_of_one_container() {
+    use std::time::Instant;
+    let mut phases = Vec::new();
+    for _ in 0..10 {
+        let fx = Fixture::new();
+        let spec = fx.spec(&["true"]);
+        let t0 = Instant::now();
+        container::create(&monitor(), &spec, &fx.dir()).unwrap();
+        let t1 = Instant::now();
+        container::start(&fx.dir()).unwrap();
+        let t2 = Instant::now();
+        fx.wait_exit();
+        let t3 = Instant::now();
+        container::remove(&fx.dir()).unwrap();
+        let t4 = Instant::now();
+        phases.push([t1 - t0, t2 - t1, t3 - t2, t4 - t3]);
+    }
+    phases.sort_by_key(|p| p[0]);
+    let median = |i: usize| {
+        let mut v: Vec<_> = phases.iter().map(|p| p[i]).collect();
+        v.sort();
+        v[v.len() / 2]
+    };
+    eprintln!(
+        "median create {:?}, start {:?}, run+exit {:?}, remove {:?}",
+        median(0),
+        median(1),
+        median(2),
+        median(3)
+    );
+}

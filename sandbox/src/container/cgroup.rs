@@ -271,9 +271,14 @@ impl Cgroup {
 
     /// Moves the calling process into every directory of this cgroup ("0" means "me").
     pub fn join_self(&self) -> Result<(), CgroupError> {
+        self.join(0)
+    }
+
+    /// Moves process `pid` (of the caller's PID namespace; 0 = the caller) into it.
+    pub fn join(&self, pid: i32) -> Result<(), CgroupError> {
         for (_, dir) in &self.dirs {
             let path = dir.join("cgroup.procs");
-            std::fs::write(&path, "0").map_err(io_err(&path))?;
+            std::fs::write(&path, pid.to_string()).map_err(io_err(&path))?;
         }
         Ok(())
     }

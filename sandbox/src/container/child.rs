@@ -21,7 +21,6 @@ use nix::sys::stat::{Mode, SFlag, makedev, mknod};
 use nix::unistd::{Gid, Uid};
 
 use super::caps::{self, CapSet};
-use super::cgroup::Cgroup;
 use super::seccomp;
 use super::spec::{BindMount, ContainerSpec, Namespace, Process, Propagation};
 
@@ -63,11 +62,13 @@ pub(crate) fn reset_process_state() {
 }
 
 /// Builds the container around the calling process. The PID namespace was already chosen by
-/// the monitor (it applies to children).
+/// the monitor (it applies to children). The monitor moves us into the container's cgroup
+/// meanwhile (the first cgroup v1 migration waits ~10 ms for an RCU grace period, so it runs
+/// in parallel with our mounts); `in_cgroup` returns once that is done.
 pub(crate) fn setup_container(
     spec: &ContainerSpec,
     state_dir: &Path,
-    cgroup: Option<&Cgroup>,
+    in_cgroup: impl FnOnce() -> SetupResult<()>,
 ) -> SetupResult<ExecPlan> {
     reset_process_state();
     nix::unistd::setsid().context(|| "setsid".into())?;
@@ -79,9 +80,6 @@ pub(crate) fn setup_container(
                 io::Error::last_os_error()
             ));
         }
-    }
-    if let Some(cg) = cgroup {
-        cg.join_self().context(|| "joining the cgroup".into())?;
     }
     enter_namespaces(spec)?;
 
@@ -122,6 +120,11 @@ pub(crate) fn setup_container(
         .and_then(|()| std::env::set_current_dir(&spec.process.cwd))
         .context(|| format!("changing to cwd {:?}", spec.process.cwd))?;
     let plan = resolve(&spec.process, &[])?;
+    in_cgroup()?;
+    // The cgroup namespace is rooted where we are now: in the container's cgroup.
+    if spec.namespaces.cgroup == Namespace::New {
+        unshare(CloneFlags::CLONE_NEWCGROUP).context(|| "creating the cgroup namespace".into())?;
+    }
     set_identity(&spec.process)?;
     Ok(plan)
 }
@@ -138,6 +141,8 @@ fn enter_namespaces(spec: &ContainerSpec) -> SetupResult<()> {
     let mut new = CloneFlags::empty();
     for (choice, flag, name) in kinds {
         match choice {
+            // A new cgroup namespace waits until we are in the container's cgroup.
+            Namespace::New if flag == CloneFlags::CLONE_NEWCGROUP => {}
             Namespace::New => new |= flag,
             Namespace::Join(path) => {
                 let file =

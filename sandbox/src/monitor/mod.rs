@@ -61,6 +61,8 @@ pub(crate) const REQ_START: &str = "start";
 pub(crate) const REQ_REOPEN: &str = "reopen-log";
 /// `resize <rows> <cols>`
 pub(crate) const REQ_RESIZE: &str = "resize";
+/// Monitor → container process: you are in the container's cgroup now.
+const IN_CGROUP: &[u8] = b"in-cgroup\n";
 
 fn run_create(dir: &Path) -> i32 {
     // The daemon waits for this first process; the real monitor is its child, in a session
@@ -178,7 +180,7 @@ impl Monitor {
             .map_err(|e| format!("reading the container config: {e}"))?
             .ok_or("the container config is missing")?;
         let me = ProcessId::of(std::process::id() as i32).map_err(|e| e.to_string())?;
-        state::write_json(dir, state::MONITOR, &me)
+        state::write_json_volatile(dir, state::MONITOR, &me)
             .map_err(|e| format!("writing monitor.json: {e}"))?;
         let log = LogFile::open(&spec.log_path)
             .map_err(|e| format!("opening log {:?}: {e}", spec.log_path))?;
@@ -212,13 +214,33 @@ impl Monitor {
         let pid = match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
             ForkResult::Child => {
                 drop(sync);
-                container_main(&spec, dir, cgroup.as_ref(), stdio.child, child_sync)
+                container_main(&spec, dir, stdio.child, child_sync)
             }
             ForkResult::Parent { child } => child,
         };
         drop((stdio.child, child_sync));
         let child = ProcessId::of(pid.as_raw()).map_err(|e| format!("container process: {e}"))?;
         let pidfd = pidfd_open(pid.as_raw()).map_err(|e| format!("pidfd_open: {e}"))?;
+        // The child sets itself up meanwhile and waits for this before dropping privileges.
+        let joined = match &cgroup {
+            Some(cg) => cg.join(pid.as_raw()).map_err(|e| e.to_string()),
+            None => Ok(()),
+        };
+        if let Err(join_error) = joined {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            // A child that failed on its own (and so left no process to move) says why.
+            let mut reply = String::new();
+            let _ = BufReader::new(&mut sync).read_line(&mut reply);
+            let msg = match reply.trim_end().strip_prefix("error ") {
+                Some(own) => own.to_owned(),
+                None => join_error,
+            };
+            let _ = waitpid(pid, None);
+            let _ = std::fs::remove_file(&control_path);
+            let _ = std::fs::remove_file(dir.join(state::ATTACH));
+            return Err(msg);
+        }
+        let _ = sync.write_all(IN_CGROUP);
 
         let mut reply = String::new();
         let _ = BufReader::new(&mut sync).read_line(&mut reply);
@@ -232,7 +254,8 @@ impl Monitor {
                 .unwrap_or("the container process died during setup");
             return Err(msg.to_owned());
         }
-        state::write_json(dir, state::PID, &child).map_err(|e| format!("writing pid.json: {e}"))?;
+        state::write_json_volatile(dir, state::PID, &child)
+            .map_err(|e| format!("writing pid.json: {e}"))?;
         for f in [&stdio.stdout, &stdio.stderr].into_iter().flatten() {
             set_nonblocking(f.as_raw_fd());
         }
@@ -408,7 +431,7 @@ impl Monitor {
         let record = StartRecord {
             started_at_ns: state::now_ns(),
         };
-        state::write_json(&self.dir, state::STARTED, &record)
+        state::write_json_volatile(&self.dir, state::STARTED, &record)
             .map_err(|e| format!("writing started.json: {e}"))
     }
 
@@ -448,7 +471,6 @@ impl Monitor {
 fn container_main(
     spec: &ContainerSpec,
     dir: &Path,
-    cgroup: Option<&Cgroup>,
     stdio: [Option<File>; 3],
     mut sync: UnixStream,
 ) -> ! {
@@ -467,7 +489,19 @@ fn container_main(
             fail(&mut sync, format!("dup2: {}", io::Error::last_os_error()));
         }
     }
-    let plan = match child::setup_container(spec, dir, cgroup) {
+    let mut reader = match sync.try_clone() {
+        Ok(r) => r,
+        Err(e) => fail(&mut sync, format!("dup: {e}")),
+    };
+    let in_cgroup = move || {
+        let mut line = String::new();
+        let _ = BufReader::new(&mut reader).read_line(&mut line);
+        match line.as_bytes() == IN_CGROUP {
+            true => Ok(()),
+            false => Err("the monitor did not place the process in its cgroup".to_owned()),
+        }
+    };
+    let plan = match child::setup_container(spec, dir, in_cgroup) {
         Ok(plan) => plan,
         Err(msg) => fail(&mut sync, msg),
     };
