@@ -1373,3 +1373,156 @@ async fn a_moved_tag_follows_the_registry() {
     );
     assert_eq!(list(&d).await.len(), 2);
 }
+
+const ACCESS: &str = "access-8f3a";
+
+/// A token-auth front for an open registry, like Docker Hub's: requests without
+/// `Authorization: Bearer ACCESS` get a bearer challenge, `POST /token` trades the refresh
+/// token `refresh` for ACCESS, and authorised requests pass through, one per connection.
+fn token_gate(upstream: u16, refresh: &'static str) -> u16 {
+    use std::io::Read;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    match conn.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        // A TLS ClientHello (berth tries TLS first on loopback): plain HTTP only.
+                        Ok(_) if chunk[0] == 0x16 && buf.is_empty() => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                let mut lines = head.split("\r\n");
+                let request_line = lines.next().unwrap_or_default().to_string();
+                let header = |name: &str| {
+                    head.split("\r\n").find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                    })
+                };
+                let respond = |conn: &mut TcpStream, status: &str, extra: &str, body: &str| {
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
+                        body.len()
+                    );
+                };
+                if request_line.starts_with("POST /token") {
+                    let len: usize = header("content-length")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < head_end + len {
+                        match conn.read(&mut chunk) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body = String::from_utf8_lossy(&buf[head_end..]).into_owned();
+                    if body.contains("grant_type=refresh_token")
+                        && body.contains(&format!("refresh_token={refresh}"))
+                    {
+                        respond(
+                            &mut conn,
+                            "200 OK",
+                            "",
+                            &format!("{{\"access_token\":\"{ACCESS}\"}}"),
+                        );
+                    } else {
+                        respond(
+                            &mut conn,
+                            "401 Unauthorized",
+                            "",
+                            "{\"error\":\"invalid_grant\"}",
+                        );
+                    }
+                    return;
+                }
+                if header("authorization").as_deref() != Some(&format!("Bearer {ACCESS}")) {
+                    let challenge = format!(
+                        "WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"berth-test\"\r\n"
+                    );
+                    respond(
+                        &mut conn,
+                        "401 Unauthorized",
+                        &challenge,
+                        r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
+                    );
+                    return;
+                }
+                let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    return;
+                };
+                let mut forwarded = format!("{request_line}\r\nConnection: close\r\n");
+                for l in lines
+                    .filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("connection:"))
+                {
+                    forwarded += l;
+                    forwarded += "\r\n";
+                }
+                forwarded += "\r\n";
+                if up.write_all(forwarded.as_bytes()).is_err()
+                    || up.write_all(&buf[head_end..]).is_err()
+                {
+                    return;
+                }
+                let (c2, u2) = (conn.try_clone().unwrap(), up.try_clone().unwrap());
+                std::thread::spawn(move || pipe(c2, u2, |_| true));
+                pipe(up, conn, |_| true);
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bearer_token_auth_with_identity_and_registry_tokens() {
+    let reg = Registry::start();
+    let img = simple_image("token", "");
+    push(&reg.host(), "tok/app", "v1", &img).await;
+    let gate = token_gate(reg.port, "refresh-ok");
+    let d = Daemon::start();
+    let name = format!("127.0.0.1:{gate}/tok/app:v1");
+
+    let e = pull(&d, &name).await.unwrap_err();
+    assert!(e.message().contains("refused access"), "{}", e.message());
+    let bad = AuthConfig {
+        identity_token: "refresh-bad".into(),
+        ..Default::default()
+    };
+    let e = pull_with(&d, &name, Some(bad)).await.unwrap_err();
+    assert!(
+        e.message().contains("refused the identity token"),
+        "{}",
+        e.message()
+    );
+    assert!(list(&d).await.is_empty());
+
+    // The OAuth2 refresh-token exchange (docker login's identity token).
+    let ok = AuthConfig {
+        identity_token: "refresh-ok".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        pull_with(&d, &name, Some(ok)).await.unwrap(),
+        img.config.digest
+    );
+    remove(&d, &name).await;
+    // A registry token is sent as the bearer token itself.
+    let direct = AuthConfig {
+        registry_token: ACCESS.into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        pull_with(&d, &name, Some(direct)).await.unwrap(),
+        img.config.digest
+    );
+}

@@ -31,6 +31,8 @@ pub enum Credentials {
         username: String,
         password: String,
     },
+    /// An OAuth2 refresh token, exchanged at the registry's token service for access.
+    IdentityToken(String),
     /// A bearer token for the registry itself.
     RegistryToken(String),
 }
@@ -39,6 +41,7 @@ impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Credentials::Basic { username, .. } => write!(f, "Basic({username}, <redacted>)"),
+            Credentials::IdentityToken(_) => write!(f, "IdentityToken(<redacted>)"),
             Credentials::RegistryToken(_) => write!(f, "RegistryToken(<redacted>)"),
         }
     }
@@ -58,9 +61,7 @@ impl Credentials {
             return Ok(Some(Credentials::RegistryToken(registry_token.to_string())));
         }
         if !identity_token.is_empty() {
-            return Err(Error::Unsupported(
-                "auth.identity_token (OAuth2 refresh tokens) is not supported yet; pass username/password or registry_token".into(),
-            ));
+            return Ok(Some(Credentials::IdentityToken(identity_token.to_string())));
         }
         if !auth.is_empty() {
             let decoded = base64::engine::general_purpose::STANDARD
@@ -91,12 +92,22 @@ impl Credentials {
             Credentials::Basic { username, password } => {
                 digest::sha256_of(format!("b\0{username}\0{password}").as_bytes())
             }
+            Credentials::IdentityToken(t) => digest::sha256_of(format!("i\0{t}").as_bytes()),
             Credentials::RegistryToken(t) => digest::sha256_of(format!("t\0{t}").as_bytes()),
         }
     }
 
-    fn to_oci(&self) -> RegistryAuth {
+    /// The credentials as oci-client takes them; an identity token is exchanged first.
+    async fn to_oci(&self, ep: &Endpoint, image: &ImageRef) -> Result<RegistryAuth> {
+        Ok(match self {
+            Credentials::IdentityToken(t) => exchange_refresh_token(ep, image, t).await?,
+            c => c.to_oci_direct(),
+        })
+    }
+
+    fn to_oci_direct(&self) -> RegistryAuth {
         match self {
+            Credentials::IdentityToken(_) => RegistryAuth::Anonymous,
             Credentials::Basic { username, password } => {
                 RegistryAuth::Basic(username.clone(), password.clone())
             }
@@ -234,7 +245,13 @@ impl ImageStore {
         for ep in endpoints(&self.registry, &image.registry) {
             // Credentials belong to the image's registry; mirrors are asked anonymously.
             let auth = match (&creds, ep.mirror) {
-                (Some(c), false) => c.to_oci(),
+                (Some(c), false) => match c.to_oci(&ep, &image).await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        last_err = Some(e);
+                        continue;
+                    }
+                },
                 _ => RegistryAuth::Anonymous,
             };
             let client = self.client_for(&ep, creds.as_ref().filter(|_| !ep.mirror))?;
@@ -305,7 +322,9 @@ impl ImageStore {
             creds.map(Credentials::fingerprint).unwrap_or_default()
         );
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = clients.get(&key) {
+        // Access tokens from an identity token expire: such pulls get a fresh client.
+        let keep = !matches!(creds, Some(Credentials::IdentityToken(_)));
+        if let Some(c) = clients.get(&key).filter(|_| keep) {
             return Ok(c.clone());
         }
         let config = ClientConfig {
@@ -322,10 +341,12 @@ impl ImageStore {
         };
         let client = Client::try_from(config)
             .map_err(|e| Error::Registry(format!("registry client: {e}")))?;
-        if clients.len() >= MAX_CLIENTS {
-            clients.clear();
+        if keep {
+            if clients.len() >= MAX_CLIENTS {
+                clients.clear();
+            }
+            clients.insert(key, client.clone());
         }
-        clients.insert(key, client.clone());
         Ok(client)
     }
 }
@@ -462,6 +483,110 @@ impl BlobSource for RegistrySource {
     }
 }
 
+/// Docker's OAuth2 flow for identity tokens: ask `/v2/` for the bearer challenge, then
+/// trade the refresh token for an access token at the realm it names.
+async fn exchange_refresh_token(
+    ep: &Endpoint,
+    image: &ImageRef,
+    refresh_token: &str,
+) -> Result<RegistryAuth> {
+    let unreachable = |e: reqwest::Error| Error::Registry(format!("{}: {e}", ep.host));
+    let http = reqwest::Client::builder()
+        .danger_accept_invalid_certs(ep.any_cert)
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .map_err(unreachable)?;
+    let scheme = if ep.http { "http" } else { "https" };
+    let res = http
+        .get(format!("{scheme}://{}/v2/", ep.host))
+        .send()
+        .await
+        .map_err(unreachable)?;
+    let challenge = res
+        .headers()
+        .get(reqwest::header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_bearer_challenge)
+        .ok_or_else(|| {
+            Error::Unauthorized(format!(
+                "{}: an identity token was given, but the registry names no token service",
+                ep.host
+            ))
+        })?;
+    let scope = format!("repository:{}:pull", image.repository);
+    let mut form = vec![
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token),
+        ("client_id", "berth"),
+        ("scope", scope.as_str()),
+    ];
+    if let Some(s) = &challenge.service {
+        form.push(("service", s.as_str()));
+    }
+    let res = http
+        .post(&challenge.realm)
+        .form(&form)
+        .send()
+        .await
+        .map_err(unreachable)?;
+    if !res.status().is_success() {
+        return Err(Error::Unauthorized(format!(
+            "{}: the token service refused the identity token ({})",
+            ep.host,
+            res.status()
+        )));
+    }
+    #[derive(serde::Deserialize)]
+    struct Token {
+        access_token: Option<String>,
+        token: Option<String>,
+    }
+    let t: Token = res.json().await.map_err(unreachable)?;
+    t.access_token
+        .or(t.token)
+        .map(RegistryAuth::Bearer)
+        .ok_or_else(|| {
+            Error::Unauthorized(format!("{}: the token service returned no token", ep.host))
+        })
+}
+
+struct BearerChallenge {
+    realm: String,
+    service: Option<String>,
+}
+
+/// `Bearer realm="https://auth/token",service="registry"`.
+fn parse_bearer_challenge(h: &str) -> Option<BearerChallenge> {
+    let (scheme, params) = h.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let mut realm = None;
+    let mut service = None;
+    let mut rest = params.trim();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        let (value, after) = match after.strip_prefix('"') {
+            Some(q) => {
+                let end = q.find('"')?;
+                (&q[..end], &q[end + 1..])
+            }
+            None => after.split_once(',').map_or((after, ""), |(v, r)| (v, r)),
+        };
+        match key.trim().to_ascii_lowercase().as_str() {
+            "realm" => realm = Some(value.to_string()),
+            "service" => service = Some(value.to_string()),
+            _ => {}
+        }
+        rest = after.trim_start_matches([',', ' ']);
+    }
+    Some(BearerChallenge {
+        realm: realm?,
+        service,
+    })
+}
+
 fn map_oci(e: OciDistributionError, what: &str) -> Error {
     use OciDistributionError as E;
     match &e {
@@ -520,6 +645,20 @@ mod tests {
                 .iter()
                 .any(|e| e.http)
         );
+    }
+
+    #[test]
+    fn bearer_challenges() {
+        let c = parse_bearer_challenge(
+            r#"Bearer realm="https://auth.io/token",service="registry.io",scope="a:b""#,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.realm.as_str(), c.service.as_deref()),
+            ("https://auth.io/token", Some("registry.io"))
+        );
+        assert!(parse_bearer_challenge(r#"Basic realm="x""#).is_none());
+        assert!(parse_bearer_challenge("Bearer service=x").is_none());
     }
 
     #[test]
