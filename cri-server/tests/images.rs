@@ -741,6 +741,15 @@ struct CuttingProxy {
 }
 
 fn cutting_proxy(upstream: u16, blob: String, after: usize) -> CuttingProxy {
+    proxy(upstream, blob, after, false)
+}
+
+/// Like `cutting_proxy`, but the response stalls (instead of ending) while `cut` is set.
+fn stalling_proxy(upstream: u16, blob: String, after: usize) -> CuttingProxy {
+    proxy(upstream, blob, after, true)
+}
+
+fn proxy(upstream: u16, blob: String, after: usize, stall: bool) -> CuttingProxy {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let cut = Arc::new(AtomicBool::new(true));
@@ -768,7 +777,12 @@ fn cutting_proxy(upstream: u16, blob: String, after: usize) -> CuttingProxy {
                 pipe(server, client, |chunk| {
                     if armed.load(Ordering::SeqCst) && c.load(Ordering::SeqCst) {
                         sent += chunk.len();
-                        return sent < after;
+                        if !stall {
+                            return sent < after;
+                        }
+                        while sent >= after && c.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
                     }
                     true
                 })
@@ -827,6 +841,53 @@ async fn interrupted_pulls_leave_nothing_and_the_next_pull_succeeds() {
     assert_eq!(pull(&d, &name).await.unwrap(), img.config.digest);
     assert_eq!(names(&store(&d).join("layers")).len(), 2);
     assert!(names(&store(&d).join("tmp")).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_killed_mid_pull_leaves_nothing_after_restart() {
+    let reg = Registry::start();
+    let img = image(
+        &[(tar_of(&[("big", &noise(4 << 20, 5))]), Compression::Gzip)],
+        "",
+        "amd64",
+        false,
+    );
+    push(&reg.host(), "crash/app", "v1", &img).await;
+    let proxy = stalling_proxy(reg.port, img.layers[0].digest.clone(), 512 * 1024);
+    let mut d = Daemon::start();
+    let name = format!("127.0.0.1:{}/crash/app:v1", proxy.port);
+    let mut client = d.images().await;
+    let n = name.clone();
+    let pulling = tokio::spawn(async move {
+        client
+            .pull_image(PullImageRequest {
+                image: spec(&n),
+                ..Default::default()
+            })
+            .await
+    });
+    // Wait until the layer is being unpacked into its temp dir, then crash.
+    let tmp = store(&d).join("tmp");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !names(&tmp).iter().any(|n| n.starts_with("layer-")) {
+        assert!(
+            Instant::now() < deadline,
+            "the pull never started unpacking"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    d.kill9();
+    assert!(pulling.await.unwrap().is_err());
+    assert!(
+        !names(&tmp).is_empty(),
+        "the crash left a partial layer behind, as a crash does"
+    );
+
+    proxy.cut.store(false, Ordering::SeqCst);
+    d.spawn();
+    assert!(list(&d).await.is_empty());
+    assert_nothing_left(&d, 0);
+    assert_eq!(pull(&d, &name).await.unwrap(), img.config.digest);
 }
 
 #[tokio::test(flavor = "multi_thread")]
