@@ -940,3 +940,30 @@ fn timing_of_one_container() {
         median(3)
     );
 }
+
+#[test]
+fn attach_after_start_to_a_shell_like_critest() {
+    use sandbox::monitor::attach::decode_frame;
+    use std::io::{Read, Write};
+    let fx = Fixture::new();
+    let mut spec = fx.spec(&["/bin/sh"]);
+    spec.process.stdin = true;
+    spec.process.stdin_once = true;
+    container::create(&monitor(), &spec, &fx.dir()).unwrap();
+    container::start(&fx.dir()).unwrap();
+    running_pid(&fx.dir());
+    std::thread::sleep(Duration::from_millis(200));
+    let mut conn = container::attach(&fx.dir()).unwrap();
+    conn.write_all(b"echo -n hello\n").unwrap();
+    conn.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut wire = Vec::new();
+    conn.read_to_end(&mut wire).unwrap();
+    let mut out = Vec::new();
+    let mut rest = &wire[..];
+    while let Some((_, payload, used)) = decode_frame(rest) {
+        out.extend_from_slice(payload);
+        rest = &rest[used..];
+    }
+    assert_eq!(String::from_utf8_lossy(&out), "hello", "{}", fx.log());
+    assert_eq!(fx.wait_exit().exit_code, 0);
+}

@@ -46,6 +46,8 @@ pub(super) struct Attachments {
     clients: Vec<Client>,
     stdin: Option<File>,
     stdin_once: bool,
+    /// A client finished with stdin under `stdin_once`: close it once `pending` is written.
+    close_when_flushed: bool,
     pending: Vec<u8>,
 }
 
@@ -59,6 +61,7 @@ impl Attachments {
             clients: Vec::new(),
             stdin,
             stdin_once,
+            close_when_flushed: false,
             pending: Vec::new(),
         }
     }
@@ -105,24 +108,13 @@ impl Attachments {
                 Ok(0) | Err(_) => {
                     client.reading = false;
                     if self.stdin_once {
-                        self.close_stdin_when_flushed();
+                        self.close_when_flushed = true;
                     }
                 }
                 Ok(n) => self.pending.extend_from_slice(&buf[..n]),
             }
         }
         self.flush_stdin();
-    }
-
-    fn close_stdin_when_flushed(&mut self) {
-        self.stdin_once = false;
-        self.flush_stdin();
-        if self.pending.is_empty() {
-            self.stdin = None;
-        } else {
-            // Closed by flush_stdin once the rest is written.
-            self.stdin_once = true;
-        }
     }
 
     fn flush_stdin(&mut self) {
@@ -145,7 +137,7 @@ impl Attachments {
                 }
             }
         }
-        if self.stdin_once && self.clients.iter().all(|c| !c.reading) {
+        if self.close_when_flushed {
             self.stdin = None;
         }
     }
