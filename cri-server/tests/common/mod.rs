@@ -163,6 +163,12 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // Pods and containers outlive the daemon by design; a test that failed half-way
+        // must not leave its namespaces, IP leases and processes on the host.
+        if self.child.is_some() && which("crictl").is_some() {
+            let _ = self.crictl(&["rm", "--all", "--force"]);
+            let _ = self.crictl(&["rmp", "--all", "--force"]);
+        }
         if let Some(mut child) = self.child.take() {
             // Pods outlive the daemon by design (their inits, pinned namespaces, CNI
             // leases): remove them first so no test leaves any behind, even a failing one.
