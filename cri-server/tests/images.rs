@@ -1587,3 +1587,31 @@ async fn bearer_token_auth_with_identity_and_registry_tokens() {
         img.config.digest
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn short_names_are_docker_io_library_latest() {
+    let reg = Registry::start();
+    let img = simple_image("hub", "");
+    push(&reg.host(), "library/busybox", "latest", &img).await;
+    let d = Daemon::start_with_config(&format!(
+        "{}mirrors_only = true\n",
+        mirror_config("docker.io", &reg)
+    ));
+    assert_eq!(pull(&d, "busybox").await.unwrap(), img.config.digest);
+    let s = status(&d, "docker.io/library/busybox:latest")
+        .await
+        .unwrap();
+    assert_eq!(s.repo_tags, ["docker.io/library/busybox:latest"]);
+    assert_eq!(
+        s.repo_digests,
+        [format!("docker.io/library/busybox@{}", img.manifest.digest)]
+    );
+    for r in [
+        "busybox",
+        "busybox:latest",
+        "library/busybox",
+        "index.docker.io/library/busybox",
+    ] {
+        assert_eq!(status(&d, r).await.as_ref(), Some(&s), "status by {r}");
+    }
+}
