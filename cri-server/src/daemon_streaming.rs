@@ -127,7 +127,9 @@ async fn run_to_exit(mut process: ctr::ExecProcess, streams: Streams) -> Result<
     } = streams;
     let mut feeders = Vec::new();
     let mut outputs = Vec::new();
-    if let Some(terminal) = process.terminal.take() {
+    // Clones: the process keeps its terminal for `resize`.
+    if let Some(terminal) = process.terminal.as_ref() {
+        let terminal = terminal.try_clone().map_err(internal)?;
         let reader = terminal.try_clone().map_err(internal)?;
         outputs.push(tokio::spawn(copy_terminal_out(reader, client_out)));
         if let Some(from) = client_in {

@@ -454,3 +454,31 @@ async fn crictl_attach_with_stdin_once_over_spdy_and_websocket() {
         assert_eq!(text(&out.stdout), "hello", "{transport}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crictl_exec_with_a_terminal_sees_the_clients_size() {
+    let d = daemon();
+    let mut rt = d.runtime().await;
+    let (pod, cfg) = run_pod(&d, &mut rt, "stream-tty").await;
+    let cid = sleeping_container(&d, &mut rt, &pod, &cfg).await;
+    for transport in TRANSPORTS {
+        // `script` gives crictl a terminal of a known size; crictl sends it as a resize,
+        // which races with the process's start (as with every runtime): hence the sleep.
+        let inner = format!(
+            "stty rows 37 cols 101; crictl --runtime-endpoint {} exec -it --transport={transport} {cid} sh -c 'sleep 0.5; stty size'",
+            d.endpoint()
+        );
+        let out = Command::new("script")
+            .args(["-qec", &inner, "/dev/null"])
+            .stdin(Stdio::piped())
+            .output()
+            .unwrap();
+        let stdout = text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{transport}: {stdout} {}",
+            text(&out.stderr)
+        );
+        assert!(stdout.contains("37 101"), "{transport}: {stdout:?}");
+    }
+}
