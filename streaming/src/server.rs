@@ -32,6 +32,8 @@ pub struct StreamingConfig {
     pub max_sessions: usize,
     /// How long a client may take to open its streams.
     pub stream_creation_timeout: Duration,
+    /// How long a SPDY client may send nothing (Go clients PING every few seconds).
+    pub idle_timeout: Duration,
 }
 
 impl StreamingConfig {
@@ -42,6 +44,7 @@ impl StreamingConfig {
             max_pending_requests: MAX_PENDING_REQUESTS,
             max_sessions: 256,
             stream_creation_timeout: Duration::from_secs(30),
+            idle_timeout: crate::spdy::IDLE_TIMEOUT,
         }
     }
 }
@@ -321,7 +324,7 @@ where
             ],
         )
         .await?;
-        let conn = SpdyConnection::start(io);
+        let conn = SpdyConnection::start_with_idle_timeout(io, ctx.config.idle_timeout);
         return remotecommand::serve_spdy(
             conn,
             protocol,
@@ -369,7 +372,8 @@ where
             ],
         )
         .await?;
-        portforward::serve(SpdyConnection::start(io), ctx.runtime.clone(), req, timeout).await;
+        let conn = SpdyConnection::start_with_idle_timeout(io, ctx.config.idle_timeout);
+        portforward::serve(conn, ctx.runtime.clone(), req, timeout).await;
         return Ok(());
     }
     if websocket {
@@ -379,7 +383,7 @@ where
         };
         let tunnel = websocket::byte_stream(ws);
         portforward::serve(
-            SpdyConnection::start(tunnel),
+            SpdyConnection::start_with_idle_timeout(tunnel, ctx.config.idle_timeout),
             ctx.runtime.clone(),
             req,
             timeout,

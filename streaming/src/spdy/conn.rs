@@ -35,6 +35,8 @@ pub const MAX_STREAMS: usize = 128;
 const INBOUND_QUEUE: usize = 4;
 /// Largest DATA frame sent.
 const MAX_SEND_CHUNK: usize = 32 << 10;
+/// How long a peer may send nothing before the connection ends (the kubelet's default).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4 * 60 * 60);
 /// How long `close` waits for the streams' last bytes to be sent.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 const READ_CHUNK: usize = 64 << 10;
@@ -179,8 +181,18 @@ pub struct SpdyConnection {
 }
 
 impl SpdyConnection {
-    /// Starts serving SPDY on `io` (the connection after the 101 response).
+    /// Starts serving SPDY on `io` (the connection after the 101 response), with the
+    /// default idle timeout.
     pub fn start<T>(io: T) -> SpdyConnection
+    where
+        T: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        Self::start_with_idle_timeout(io, IDLE_TIMEOUT)
+    }
+
+    /// As [`SpdyConnection::start`]; the connection ends when the peer sends nothing
+    /// (not even a PING) for `idle`, so a vanished client does not hold a session.
+    pub fn start_with_idle_timeout<T>(io: T, idle: Duration) -> SpdyConnection
     where
         T: AsyncRead + AsyncWrite + Send + 'static,
     {
@@ -201,7 +213,7 @@ impl SpdyConnection {
         });
         let (in_tx, in_rx) = mpsc::channel(16);
         let writer = tokio::spawn(write_frames(wr, out_rx, shared.clone()));
-        let reader = tokio::spawn(read_frames(rd, in_tx, shared.clone()));
+        let reader = tokio::spawn(read_frames(rd, in_tx, shared.clone(), idle));
         SpdyConnection {
             incoming: in_rx,
             shared,
@@ -253,7 +265,12 @@ impl Drop for SpdyConnection {
     }
 }
 
-async fn read_frames<R: AsyncRead>(rd: R, incoming: mpsc::Sender<SpdyStream>, shared: Arc<Shared>) {
+async fn read_frames<R: AsyncRead>(
+    rd: R,
+    incoming: mpsc::Sender<SpdyStream>,
+    shared: Arc<Shared>,
+    idle: Duration,
+) {
     tokio::pin!(rd);
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut reader = FrameReader {
@@ -282,17 +299,19 @@ async fn read_frames<R: AsyncRead>(rd: R, incoming: mpsc::Sender<SpdyStream>, sh
         }
         let start = buf.len();
         buf.resize(start + READ_CHUNK, 0);
-        match rd.read(&mut buf[start..]).await {
-            Ok(0) | Err(_) => {
-                buf.truncate(start);
+        match tokio::time::timeout(idle, rd.read(&mut buf[start..])).await {
+            Err(_) => {
+                tracing::debug!(
+                    idle_s = idle.as_secs(),
+                    "SPDY peer idle; closing the connection"
+                );
                 break goaway::OK;
             }
-            Ok(n) => buf.truncate(start + n),
+            Ok(Ok(0) | Err(_)) => break goaway::OK,
+            Ok(Ok(n)) => buf.truncate(start + n),
         }
     };
-    if status != goaway::OK {
-        let _ = shared.out.send(Out::Close(status)).await;
-    }
+    let _ = shared.out.send(Out::Close(status)).await;
     shared.close_all();
 }
 

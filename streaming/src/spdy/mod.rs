@@ -5,7 +5,7 @@ mod conn;
 mod frame;
 mod headers;
 
-pub use conn::{INITIAL_WINDOW, MAX_STREAMS, SpdyConnection, SpdyStream};
+pub use conn::{IDLE_TIMEOUT, INITIAL_WINDOW, MAX_STREAMS, SpdyConnection, SpdyStream};
 pub use frame::{
     FLAG_FIN, FLAG_UNIDIRECTIONAL, Frame, FrameError, MAX_FRAME_LEN, Setting, goaway, rst,
 };

@@ -549,3 +549,24 @@ async fn the_peers_reset_ends_the_stream_for_the_consumer() {
         .unwrap();
     assert!(got.is_empty());
 }
+
+#[tokio::test]
+async fn a_silent_peer_is_dropped_after_the_idle_timeout() {
+    let (ours, theirs) = tokio::io::duplex(1 << 20);
+    let mut conn = SpdyConnection::start_with_idle_timeout(ours, Duration::from_millis(100));
+    let mut peer = Peer::new(theirs);
+    // Pings are activity.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        peer.send(Frame::Ping { id: 1 }).await;
+        assert_eq!(peer.recv().await, Some(Frame::Ping { id: 1 }));
+    }
+    assert!(matches!(
+        peer.recv().await,
+        Some(Frame::GoAway {
+            status: goaway::OK,
+            ..
+        })
+    ));
+    assert!(conn.accept().await.is_none());
+}
