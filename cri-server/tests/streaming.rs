@@ -439,7 +439,6 @@ async fn crictl_port_forward_reaches_localhost_in_the_pod() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs the container monitor to hold stdin open (sandbox attach, in progress)"]
 async fn crictl_attach_with_stdin_once_over_spdy_and_websocket() {
     let d = daemon();
     let mut rt = d.runtime().await;
