@@ -68,10 +68,11 @@ async fn pump_channel(mut rd: DuplexStream, channel: u8, tx: mpsc::Sender<Messag
     }
 }
 
-/// Serves exec or attach on an accepted WebSocket.
+/// Serves exec or attach on an accepted WebSocket. v4 and v5 are served alike: both end
+/// with the JSON status, and v5's close signal is simply never sent by a v4 client.
 pub async fn serve_remotecommand<S>(
     ws: WebSocketStream<S>,
-    protocol: Protocol,
+    _protocol: Protocol,
     runtime: &dyn DynRuntime,
     cmd: Command,
 ) where
@@ -170,7 +171,6 @@ pub async fn serve_remotecommand<S>(
         }
     };
     let _ = tokio::time::timeout(DRAIN_GRACE, drained).await;
-    let _ = protocol; // v4 and v5 both end with the JSON status.
     let mut status = vec![CHANNEL_ERROR];
     status.extend_from_slice(&status_json(&outcome));
     let _ = tx.send(Message::binary(status)).await;
