@@ -471,7 +471,8 @@ async fn a_client_that_never_opens_its_streams_is_dropped() {
     let mut c = client.unwrap();
     c.open(&stream("error")).await;
     let (data, _) = c.drain().await;
-    assert!(data.is_empty(), "{data:?}");
+    // The connection ends with no status (at most FINs on the streams it had).
+    assert!(data.values().all(Vec::is_empty), "{data:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
