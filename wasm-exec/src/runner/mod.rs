@@ -39,6 +39,9 @@ pub use options::{ArtifactSource, PrecompiledArtifact, RunOptions, UsageError};
 use crate::cache::{self, CacheError, CompileCache, Program};
 use limits::GuestMemoryLimit;
 
+/// The argument that selects the runner: `berth __wasm-run ...`.
+pub const RUN_ARG: &str = "__wasm-run";
+
 pub const EXIT_TRAP: i32 = 134;
 pub const EXIT_OOM: i32 = 137;
 pub const EXIT_NOT_FOUND: i32 = 127;
