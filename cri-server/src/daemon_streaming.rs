@@ -64,10 +64,8 @@ impl StreamingRuntime for DaemonStreaming {
     async fn exec(&self, req: ExecRequest, streams: Streams) -> Result<i32, RuntimeError> {
         let rec = self.running(&req.container_id)?;
         let monitor = self.containers.monitor().clone();
-        let request = ctr::ExecRequest {
-            args: req.cmd,
-            env: Vec::new(),
-        };
+        let request = crate::containers::wasm::exec_request(&rec, req.cmd)
+            .map_err(|e| RuntimeError::Unsupported(e.to_string()))?;
         let stdio = ctr::ExecStdio {
             stdin: streams.stdin.is_some() && !req.tty,
             tty: req.tty,

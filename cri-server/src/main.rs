@@ -87,25 +87,54 @@ fn parse_log_format(s: &str) -> Result<LogFormat, String> {
 }
 
 fn main() -> ExitCode {
-    // The container monitor and exec helper (`berth __monitor ...`) are single-threaded
-    // processes that fork containers: they must run before any runtime, thread or logger.
-    if std::env::args_os().nth(1).as_deref() == Some("__monitor".as_ref()) {
-        std::process::exit(sandbox::monitor::main(std::env::args_os().skip(2).collect()));
-    }
     // The pod init is this binary too (run from a sealed copy); same rule.
     if std::env::args_os().nth(1).as_deref() == Some(sandbox::pod::init::POD_INIT_ARG.as_ref()) {
         sandbox::pod::init::pod_init_main();
     }
+    // The container monitor and exec helper (`berth __monitor ...`) are single-threaded
+    // processes that fork containers: they must run before any runtime, thread or logger.
+    if std::env::args_os().nth(1).as_deref() == Some("__monitor".as_ref()) {
+        // What a container process runs in place of execve when it is a Wasm guest.
+        sandbox::container::set_self_entry(run_in_container);
+        std::process::exit(sandbox::monitor::main(
+            std::env::args_os().skip(2).collect(),
+        ));
+    }
     // A WASI guest as a container's (or an exec's) process: it owns its signals and
     // threads, so it too starts before anything else.
-    if std::env::args_os().nth(1).as_deref() == Some("__wasm-run".as_ref()) {
-        std::process::exit(wasm_exec::runner::main(std::env::args_os().skip(2).collect()));
+    if std::env::args_os().nth(1).as_deref() == Some(wasm_exec::runner::RUN_ARG.as_ref()) {
+        std::process::exit(wasm_exec::runner::main(
+            std::env::args_os().skip(2).collect(),
+        ));
     }
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("berth: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The entry point a container process runs in place (see `Process::exec_self`):
+/// `berth __wasm-run ...` with the container's environment.
+fn run_in_container(
+    args: Vec<std::ffi::OsString>,
+    env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+) -> i32 {
+    match args.get(1) {
+        Some(a) if a == wasm_exec::runner::RUN_ARG => {
+            match wasm_exec::runner::RunOptions::parse(args.into_iter().skip(2), env) {
+                Ok(opts) => wasm_exec::runner::run(opts),
+                Err(e) => {
+                    eprintln!("berth {}: {e}", wasm_exec::runner::RUN_ARG);
+                    wasm_exec::runner::EXIT_RUNNER_FAILED
+                }
+            }
+        }
+        _ => {
+            eprintln!("berth: no in-container entry point {:?}", args.get(1));
+            wasm_exec::runner::EXIT_RUNNER_FAILED
         }
     }
 }

@@ -53,9 +53,16 @@ impl CriService {
             },
             meta.clone(),
         )?;
-        let containers = Containers::open(meta.clone(), &config.state_dir, &config.root_dir)?;
+        let containers = Arc::new(Containers::open(
+            meta.clone(),
+            &config.state_dir,
+            &config.root_dir,
+        )?);
+        // Layers of containers that are not mounted right now (created, exited) must
+        // survive image removal as well.
+        let users = containers.clone();
+        images.set_layer_users(Box::new(move || users.layers_in_use()));
         let pods = Arc::new(pods);
-        let containers = Arc::new(containers);
         let streaming = StreamingServer::start(
             StreamingConfig::new(config.streaming.address.parse()?),
             Arc::new(DaemonStreaming {

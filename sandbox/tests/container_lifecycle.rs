@@ -86,6 +86,8 @@ impl Fixture {
                 seccomp_profile: None,
                 stdin: false,
                 stdin_once: false,
+                exec_self: false,
+                pass_files: Vec::new(),
                 tty: false,
             },
             namespaces: Namespaces::default(),
@@ -484,6 +486,7 @@ fn exec_sync_runs_inside_and_times_out() {
         let req = ExecRequest {
             args: args.iter().map(|s| s.to_string()).collect(),
             env: vec!["EXTRA=1".into()],
+            exec_self: false,
         };
         container::exec_sync(&monitor(), &fx.dir(), &req, timeout)
     };
@@ -701,6 +704,7 @@ fn spawn_exec_streams_stdin_and_stdout() {
     let req = ExecRequest {
         args: vec!["sh".into(), "-c".into(), "tr a-z A-Z; exit 4".into()],
         env: vec![],
+        exec_self: false,
     };
     let stdio = container::ExecStdio {
         stdin: true,
@@ -752,6 +756,7 @@ fn spawn_exec_with_a_terminal() {
     let req = ExecRequest {
         args: vec!["sh".into()],
         env: vec![],
+        exec_self: false,
     };
     let stdio = container::ExecStdio {
         stdin: true,

@@ -8,6 +8,7 @@
 pub mod spec;
 pub mod stats;
 pub mod user;
+pub mod wasm;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -50,6 +51,15 @@ pub struct ContainerRecord {
     pub reserved_name: String,
     /// The container's state directory (monitor files, config.json).
     pub dir: PathBuf,
+    /// Run by Wasmtime (`berth __wasm-run`) rather than as a native process.
+    #[serde(default)]
+    pub wasm: bool,
+    /// Why it runs natively or as Wasm (ContainerStatus verbose info).
+    #[serde(default)]
+    pub runtime_reason: String,
+    /// The image layers it runs on, kept from garbage collection while it exists.
+    #[serde(default)]
+    pub layer_chain_ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,6 +76,9 @@ impl meta_store::Record for ContainerRecord {
     const VERSION: u32 = 1;
 }
 
+/// Under the layers dir; not a container id (those are 64 hex digits).
+const EMPTY_LAYER: &str = "empty-layer";
+
 /// The container service.
 pub struct Containers {
     meta: Arc<MetaStore>,
@@ -80,6 +93,8 @@ pub struct Containers {
     events: broadcast::Sender<cri::ContainerEventResponse>,
     /// Previous CPU samples, for usage in nano-cores.
     pub cpu_rates: stats::CpuRates,
+    /// Precompiled Wasm modules, shared by all containers and kept across restarts.
+    pub wasm_cache: wasm_exec::CompileCache,
 }
 
 impl Containers {
@@ -90,6 +105,10 @@ impl Containers {
             std::fs::create_dir_all(d)?;
         }
         let monitor = MonitorCommand::sealed_berth()?;
+        let engine = wasm_exec::new_engine()
+            .map_err(|e| anyhow::anyhow!("creating the Wasm engine: {e:#}"))?;
+        let wasm_cache = wasm_exec::CompileCache::open(&root_dir.join("wasm-cache"), &engine)?;
+        std::fs::create_dir_all(layers_dir.join(EMPTY_LAYER))?;
         let mut records = BTreeMap::new();
         let mut names = HashMap::new();
         for (key, rec) in meta.list::<ContainerRecord>()? {
@@ -114,6 +133,7 @@ impl Containers {
             names: Mutex::new(names),
             events,
             cpu_rates: stats::CpuRates::default(),
+            wasm_cache,
         })
     }
 
@@ -138,6 +158,26 @@ impl Containers {
     pub fn layer_dirs_of(&self, id: &str) -> (PathBuf, PathBuf) {
         let d = self.layers_dir.join(id);
         (d.join("upper"), d.join("work"))
+    }
+
+    /// Files the Wasm runner writes for the daemon (OOM marker, termination log); they
+    /// go with the writable layer.
+    pub fn wasm_files_of(&self, id: &str) -> (PathBuf, PathBuf) {
+        let d = self.layers_dir.join(id).join("wasm");
+        (d.join("oom"), d.join("termination-log"))
+    }
+
+    /// An empty, read-only lowerdir: the rootfs of images that are only a Wasm module.
+    pub fn empty_layer(&self) -> PathBuf {
+        self.layers_dir.join(EMPTY_LAYER)
+    }
+
+    /// Chain ids of the layers every known container runs on.
+    pub fn layers_in_use(&self) -> Vec<String> {
+        self.list()
+            .iter()
+            .flat_map(|r| r.layer_chain_ids.iter().cloned())
+            .collect()
     }
 
     /// Reserves a container name; the guard releases it unless `commit` is called.

@@ -93,6 +93,17 @@ pub fn process_args(cfg: &cri::ContainerConfig, image: &ImageFacts) -> Vec<Strin
     entry.into_iter().chain(args).collect()
 }
 
+/// The request's working dir, else the image's, else `/`.
+pub fn working_dir(cfg: &cri::ContainerConfig, image: &ImageFacts) -> PathBuf {
+    if !cfg.working_dir.is_empty() {
+        cfg.working_dir.clone().into()
+    } else if !image.working_dir.is_empty() {
+        image.working_dir.clone().into()
+    } else {
+        "/".into()
+    }
+}
+
 /// The image's env, overridden key by key by the request's.
 pub fn merge_env(image_env: &[String], req: &[cri::KeyValue]) -> Vec<String> {
     let mut order: Vec<String> = Vec::new();
@@ -380,13 +391,7 @@ pub fn build(
         process: Process {
             args,
             env,
-            cwd: if !cfg.working_dir.is_empty() {
-                cfg.working_dir.clone().into()
-            } else if !image.working_dir.is_empty() {
-                image.working_dir.clone().into()
-            } else {
-                "/".into()
-            },
+            cwd: working_dir(cfg, image),
             uid: user.uid,
             gid: user.gid,
             additional_gids: user.additional_gids.clone(),
@@ -396,6 +401,8 @@ pub fn build(
             oom_score_adj: res.map(|r| r.oom_score_adj as i32).filter(|v| *v != 0),
             seccomp_default,
             seccomp_profile,
+            exec_self: false,
+            pass_files: Vec::new(),
             stdin: cfg.stdin,
             stdin_once: cfg.stdin_once,
             tty: cfg.tty,

@@ -6,7 +6,12 @@
 use k8s_cri::v1::{CreateContainerRequest, CreateContainerResponse, NamespaceMode};
 use sandbox::container::{self as ctr, ContainerState};
 
+use std::collections::HashMap;
+
+use image_store::LayerFormat;
+
 use crate::containers::spec::{self, ContainerDirs, ImageFacts};
+use crate::containers::wasm;
 use crate::containers::{ContainerRecord, Containers, MountRecord};
 use crate::error::{CriError, CriResult};
 use crate::service::CriService;
@@ -51,7 +56,45 @@ pub async fn create_container(
             layers.push(svc.images.layer_dir(chain)?);
         }
     }
-    let facts = ImageFacts::from_config(&image.config, layers);
+    let chain_ids: Vec<String> = image
+        .layers
+        .iter()
+        .filter_map(|l| l.chain_id.clone())
+        .collect();
+    let wasm_blob = image
+        .layers
+        .iter()
+        .find(|l| l.format == LayerFormat::Wasm)
+        .map(|l| svc.images.blob_path(&l.digest))
+        .transpose()?;
+    let mut facts = ImageFacts::from_config(&image.config, layers);
+
+    // Native or Wasm: decided per container, before anything is created.
+    let argv = spec::process_args(&cfg, &facts);
+    let env = spec::merge_env(&facts.env, &cfg.envs);
+    let cwd = spec::working_dir(&cfg, &facts);
+    let pod_annotations: HashMap<String, String> = pod
+        .record
+        .spec
+        .annotations
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let (decision, wasm_plan) = wasm::plan(&wasm::PlanInput {
+        pod_annotations: &pod_annotations,
+        container_annotations: &cfg.annotations,
+        runtime_handler: &pod.record.spec.runtime_handler,
+        image: &image,
+        wasm_blob,
+        layers: &facts.layers,
+        argv: &argv,
+        env: &env,
+        cwd: &cwd,
+    })?;
+    if wasm_plan.is_some() && facts.layers.is_empty() {
+        // A Wasm-artifact image: the module is mounted into an otherwise empty rootfs.
+        facts.layers = vec![svc.containers.empty_layer()];
+    }
 
     let id = Containers::new_id();
     let p = &pod.record.spec;
@@ -64,7 +107,7 @@ pub async fn create_container(
     let target_pid_ns = target_pid_namespace(svc, &cfg)?;
     let (upper, work) = svc.containers.layer_dirs_of(&id);
     let dir = svc.containers.state_dir_of(&id);
-    let built = spec::build(
+    let mut built = spec::build(
         &id,
         &cfg,
         &pod,
@@ -83,6 +126,38 @@ pub async fn create_container(
                 CriError::InvalidArgument(format!("creating host path {:?}: {e}", m.host_path))
             })?;
         }
+    }
+
+    if let Some(plan) = &wasm_plan {
+        let containers = svc.containers.clone();
+        let module = plan.module_on_host.clone();
+        let artifact =
+            tokio::task::spawn_blocking(move || containers.wasm_cache.get_or_compile(&module))
+                .await
+                .map_err(|e| CriError::Internal(e.to_string()))?
+                .map_err(|e| {
+                    CriError::InvalidArgument(format!("compiling the Wasm module: {e}"))
+                })?;
+        let (oom_marker, termination_log) = svc.containers.wasm_files_of(&id);
+        wasm::create_runner_files(&oom_marker, &termination_log)
+            .map_err(|e| CriError::Internal(format!("preparing the Wasm runner: {e}")))?;
+        let memory_limit = cfg
+            .linux
+            .as_ref()
+            .and_then(|l| l.resources.as_ref())
+            .map(|r| r.memory_limit_in_bytes)
+            .filter(|m| *m > 0)
+            .map(|m| m as u64);
+        wasm::apply(
+            plan,
+            &mut built.spec,
+            &wasm::RunnerFiles {
+                artifact: &artifact,
+                oom_marker: &oom_marker,
+                termination_log: &termination_log,
+            },
+            memory_limit,
+        );
     }
 
     let monitor = svc.containers.monitor().clone();
@@ -128,6 +203,9 @@ pub async fn create_container(
         additional_gids: built.user.additional_gids,
         reserved_name,
         dir: dir.clone(),
+        wasm: wasm_plan.is_some(),
+        runtime_reason: decision.reason,
+        layer_chain_ids: chain_ids,
     };
     let record = match svc.containers.insert(record) {
         Ok(r) => r,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use k8s_cri::v1 as cri;
 use sandbox::container::ContainerState;
 
-use crate::containers::ContainerRecord;
+use crate::containers::{ContainerRecord, wasm};
 use crate::error::{CriError, CriResult};
 use crate::service::CriService;
 
@@ -17,9 +17,23 @@ pub async fn container_status(
     let rec = svc.containers.get(&req.container_id)?;
     let containers = svc.containers.clone();
     let r = rec.clone();
-    let state = tokio::task::spawn_blocking(move || containers.state(&r))
-        .await
-        .map_err(|e| CriError::Internal(e.to_string()))?;
+    let state = tokio::task::spawn_blocking(move || {
+        let mut state = containers.state(&r);
+        if r.wasm
+            && let ContainerState::Exited(exit) = &mut state
+        {
+            // The runner reports a guest over its memory limit, or a trap, through files.
+            let (oom_marker, termination_log) = containers.wasm_files_of(&r.id);
+            let (oom, message) = wasm::exit_facts(&oom_marker, &termination_log);
+            exit.oom_killed |= oom;
+            if exit.message.is_none() {
+                exit.message = message;
+            }
+        }
+        state
+    })
+    .await
+    .map_err(|e| CriError::Internal(e.to_string()))?;
     let mut info = HashMap::new();
     if req.verbose {
         let pid = match &state {
@@ -30,7 +44,8 @@ pub async fn container_status(
             "info".to_string(),
             serde_json::json!({
                 "pid": pid,
-                "runtime": "native",
+                "runtime": if rec.wasm { "wasm" } else { "native" },
+                "runtimeReason": rec.runtime_reason,
                 "stateDir": rec.dir,
                 "record": &*rec,
             })

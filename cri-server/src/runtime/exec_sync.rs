@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use k8s_cri::v1::{ExecSyncRequest, ExecSyncResponse};
-use sandbox::container::{self as ctr, ContainerState, ExecRequest};
+use sandbox::container::{self as ctr, ContainerState};
+
+use crate::containers::wasm;
 
 use crate::error::{CriError, CriResult};
 use crate::service::CriService;
@@ -23,10 +25,7 @@ pub async fn exec_sync(svc: &CriService, req: ExecSyncRequest) -> CriResult<Exec
                 rec.id
             )));
         }
-        let request = ExecRequest {
-            args: req.cmd,
-            env: Vec::new(),
-        };
+        let request = wasm::exec_request(&rec, req.cmd)?;
         Ok(ctr::exec_sync(&monitor, &rec.dir, &request, timeout)?)
     })
     .await

@@ -41,6 +41,26 @@ pub(crate) struct ExecPlan {
     path: CString,
     argv: Vec<CString>,
     envp: Vec<CString>,
+    /// For `exec_self`: argv and env for the registered entry point, run in this process.
+    in_process: Option<(Vec<String>, Vec<String>)>,
+    /// `pass_files`, to become fds 3, 4, … at exec.
+    passed: Vec<OwnedFd>,
+}
+
+/// Opens `pass_files` while the host's files are still visible (before pivot_root).
+pub(crate) fn open_pass_files(p: &Process) -> SetupResult<Vec<OwnedFd>> {
+    p.pass_files
+        .iter()
+        .map(|f| {
+            std::fs::OpenOptions::new()
+                .read(!f.writable)
+                .write(f.writable)
+                .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+                .open(&f.path)
+                .map(OwnedFd::from)
+                .context(|| format!("opening {:?} for the process", f.path))
+        })
+        .collect()
 }
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -84,6 +104,7 @@ pub(crate) fn setup_container(
     enter_namespaces(spec)?;
 
     let binds = open_bind_sources(spec)?;
+    let passed = open_pass_files(&spec.process)?;
     // Our mounts must not leak to the host, and pivot_root refuses shared mounts. Volumes
     // that propagate (rslave/rshared) were cloned above while still peers of the host's.
     mount(
@@ -119,7 +140,8 @@ pub(crate) fn setup_container(
     std::fs::create_dir_all(&spec.process.cwd)
         .and_then(|()| std::env::set_current_dir(&spec.process.cwd))
         .context(|| format!("changing to cwd {:?}", spec.process.cwd))?;
-    let plan = resolve(&spec.process, &[])?;
+    let mut plan = resolve(&spec.process, &[])?;
+    plan.passed = passed;
     in_cgroup()?;
     // The cgroup namespace is rooted where we are now: in the container's cgroup.
     if spec.namespaces.cgroup == Namespace::New {
@@ -479,7 +501,12 @@ pub(crate) fn resolve(process: &Process, extra_env: &[String]) -> SetupResult<Ex
         env.retain(|old| old.split('=').next() != Some(name));
         env.push(e.clone());
     }
-    let path = if argv0.contains('/') {
+    if process.exec_self && super::self_entry().is_none() {
+        return Err("this process has no in-process entry point to run".into());
+    }
+    let path = if process.exec_self {
+        PathBuf::from("/proc/self/exe")
+    } else if argv0.contains('/') {
         std::fs::metadata(argv0).map_err(|e| format!("exec: {argv0:?}: stat {argv0}: {e}"))?;
         PathBuf::from(argv0)
     } else {
@@ -503,6 +530,10 @@ pub(crate) fn resolve(process: &Process, extra_env: &[String]) -> SetupResult<Ex
         path: cpath(&path)?,
         argv: cstrings(&process.args)?,
         envp: cstrings(&env)?,
+        in_process: process
+            .exec_self
+            .then(|| (process.args.clone(), env.clone())),
+        passed: Vec::new(),
     })
 }
 
@@ -570,21 +601,67 @@ pub(crate) fn set_identity(p: &Process) -> SetupResult<()> {
     Ok(())
 }
 
-/// Marks every fd but stdio close-on-exec (CVE-2024-21626) and replaces the process image.
-/// Returns only on failure.
+/// Marks every fd but stdio close-on-exec (CVE-2024-21626) and replaces the process image
+/// (or, for `exec_self`, becomes the registered entry point). Returns only on failure.
 pub(crate) fn exec(plan: &ExecPlan) -> io::Error {
     const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
     // SAFETY: close_range only changes fd flags; arguments are plain integers.
     if unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) } != 0 {
         return io::Error::last_os_error();
     }
+    // Passed files become 3, 4, …: first out of the way (the targets may be taken by
+    // other sources), then into place without close-on-exec.
+    const SPARE_FDS: i32 = 1000;
+    let mut spare = Vec::new();
+    for (i, fd) in plan.passed.iter().enumerate() {
+        // SAFETY: fcntl/dup2 on descriptors we own.
+        let high =
+            unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, SPARE_FDS + i as i32) };
+        if high < 0 {
+            return io::Error::last_os_error();
+        }
+        spare.push(high);
+    }
+    for (i, high) in spare.iter().enumerate() {
+        // SAFETY: as above; dup2 clears close-on-exec on the target.
+        if unsafe { libc::dup2(*high, 3 + i as i32) } < 0 {
+            return io::Error::last_os_error();
+        }
+    }
     let mut argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = plan.envp.iter().map(|a| a.as_ptr()).collect();
     envp.push(std::ptr::null());
+    if let Some((args, env)) = &plan.in_process {
+        run_in_process(args, env, 3 + plan.passed.len() as u32);
+    }
     // SAFETY: null-terminated arrays of valid C strings that outlive the call.
     unsafe { libc::execve(plan.path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
     io::Error::last_os_error()
+}
+
+/// `exec_self`: this process is a fork of the monitor, which runs from the daemon's sealed
+/// copy of berth, so berth's code is already here. Running the entry point in place needs
+/// no executable inside the container (a Wasm image has no ELF loader or libc) and leaves
+/// `/proc/self/exe` the sealed memfd, which no container can write (CVE-2019-5736).
+fn run_in_process(args: &[String], env: &[String], first_unused_fd: u32) -> ! {
+    use std::io::Write;
+    // Nothing but stdio and the passed files may stay open: no exec will close them.
+    // SAFETY: close_range on descriptors this process owns.
+    unsafe { libc::syscall(libc::SYS_close_range, first_unused_fd, u32::MAX, 0u32) };
+    let entry = super::self_entry().expect("checked by resolve");
+    let env = env
+        .iter()
+        .map(|e| match e.split_once('=') {
+            Some((k, v)) => (k.into(), v.into()),
+            None => (e.into(), std::ffi::OsString::new()),
+        })
+        .collect();
+    let code = entry(args.iter().map(Into::into).collect(), env);
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: leave without running the monitor's destructors in this fork.
+    unsafe { libc::_exit(code) }
 }
 
 impl ExecPlan {

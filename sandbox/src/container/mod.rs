@@ -37,6 +37,24 @@ pub use exec_sync::{ExecOutput, ExecProcess, ExecStdio, MAX_EXEC_OUTPUT, exec_sy
 pub use spec::{ContainerSpec, SpecError};
 use state::{ExitRecord, ProcessId, StartRecord};
 
+/// An entry point of the daemon's binary that a container process can run in place of
+/// execve (`Process::exec_self`): argv (starting with the program name) and environment
+/// in, exit status out.
+pub type SelfEntry =
+    fn(Vec<std::ffi::OsString>, Vec<(std::ffi::OsString, std::ffi::OsString)>) -> i32;
+
+static SELF_ENTRY: std::sync::OnceLock<SelfEntry> = std::sync::OnceLock::new();
+
+/// Registers the entry point for `exec_self` processes; the binary does it before it
+/// becomes a monitor or exec helper.
+pub fn set_self_entry(entry: SelfEntry) {
+    let _ = SELF_ENTRY.set(entry);
+}
+
+pub(crate) fn self_entry() -> Option<SelfEntry> {
+    SELF_ENTRY.get().copied()
+}
+
 /// How to start a monitor: a program plus the leading arguments that select the monitor
 /// mode, e.g. berth's sealed copy with `__monitor`.
 #[derive(Debug, Clone)]

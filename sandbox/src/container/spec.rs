@@ -74,9 +74,26 @@ pub struct Process {
     /// Close that stdin when the first attach client is done with it.
     #[serde(default)]
     pub stdin_once: bool,
+    /// Run the daemon binary's registered entry point (`set_self_entry`) in the container
+    /// process, with `args` as its argv, instead of exec'ing `args[0]` from the container:
+    /// how a Wasm guest runs inside a container's isolation.
+    #[serde(default)]
+    pub exec_self: bool,
+    /// Host files opened before pivot_root and handed to the process as fds 3, 4, … in
+    /// order (e.g. a precompiled module, a marker the daemon reads after the exit).
+    #[serde(default)]
+    pub pass_files: Vec<PassFile>,
     /// A terminal as stdio and controlling tty; its output is logged as stdout.
     #[serde(default)]
     pub tty: bool,
+}
+
+/// A host file the container process receives as an open descriptor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PassFile {
+    pub path: PathBuf,
+    /// Opened for writing (the file must exist) rather than reading.
+    pub writable: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -323,6 +340,8 @@ mod tests {
                 seccomp_profile: None,
                 stdin: false,
                 stdin_once: false,
+                exec_self: false,
+                pass_files: Vec::new(),
                 tty: false,
             },
             namespaces: Namespaces::default(),

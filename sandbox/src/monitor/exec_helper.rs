@@ -25,6 +25,9 @@ use crate::container::state::{self, ProcessId};
 pub struct ExecRequest {
     pub args: Vec<String>,
     pub env: Vec<String>,
+    /// Run berth's sealed binary with `args` (e.g. `__wasm-run`) instead of `args[0]`.
+    #[serde(default)]
+    pub exec_self: bool,
 }
 
 pub(crate) const STATUS_FD: i32 = 3;
@@ -182,6 +185,8 @@ fn child_main(
     }
     let mut process = spec.process.clone();
     process.args = request.args.clone();
+    process.exec_self = request.exec_self;
+    process.pass_files.clear();
     let plan = match child::resolve(&process, &request.env) {
         Ok(plan) => plan,
         Err(msg) => return msg,
