@@ -42,9 +42,6 @@ use limits::GuestMemoryLimit;
 /// The argument that selects the runner: `berth __wasm-run ...`.
 pub const RUN_ARG: &str = "__wasm-run";
 
-/// The hidden subcommand of the berth binary that runs [`main`]: `berth __wasm-run ARGS...`.
-pub const RUN_ARG: &str = "__wasm-run";
-
 pub const EXIT_TRAP: i32 = 134;
 pub const EXIT_OOM: i32 = 137;
 pub const EXIT_NOT_FOUND: i32 = 127;
