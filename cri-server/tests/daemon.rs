@@ -55,8 +55,8 @@ async fn status_reports_both_conditions_and_the_config() {
     let config: serde_json::Value = serde_json::from_str(&s.info["config"]).unwrap();
     assert_eq!(config["socket"], d.socket.to_str().unwrap());
     assert_eq!(config["cgroup_driver"], "cgroupfs");
-    assert_eq!(s.runtime_handlers.len(), 1);
-    assert_eq!(s.runtime_handlers[0].name, "");
+    let handlers: Vec<_> = s.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(handlers, ["", "wasm"]);
 
     // Not verbose: no info.
     let s = d

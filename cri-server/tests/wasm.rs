@@ -45,6 +45,15 @@ struct Pod {
 }
 
 async fn run_pod(rt: &mut Runtime, name: &str, annotations: &[(&str, &str)]) -> Pod {
+    run_pod_with(rt, name, annotations, "").await
+}
+
+async fn run_pod_with(
+    rt: &mut Runtime,
+    name: &str,
+    annotations: &[(&str, &str)],
+    handler: &str,
+) -> Pod {
     let logs = tempfile::tempdir().unwrap();
     let config = cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
@@ -64,7 +73,7 @@ async fn run_pod(rt: &mut Runtime, name: &str, annotations: &[(&str, &str)]) -> 
     let id = rt
         .run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(config.clone()),
-            runtime_handler: String::new(),
+            runtime_handler: handler.into(),
         })
         .await
         .unwrap()
@@ -381,4 +390,53 @@ async fn guest_over_its_memory_limit_is_oom_killed() {
         (137, "OOMKilled"),
         "{s:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wasm_runtime_handler_detects_per_container() {
+    let d = daemon();
+    // The compat image, but the decision comes from the handler: its label says compat,
+    // so use the plain module file of a busybox-free image through the handler alone.
+    let hello = format!("{REGISTRY}/wasm-hello:compat-smart");
+    pull(&d, &hello).await;
+    pull(&d, BUSYBOX).await;
+    let mut rt = d.runtime().await;
+    let pod = run_pod_with(&mut rt, "wasm-handler", &[], "wasm").await;
+    let wasm_id = create(
+        &mut rt,
+        &pod,
+        Ctr {
+            name: "app",
+            image: &hello,
+            command: &[],
+            args: &["handler"],
+            memory_limit: 0,
+        },
+    )
+    .await
+    .unwrap();
+    let native_id = create(
+        &mut rt,
+        &pod,
+        Ctr {
+            name: "native",
+            image: BUSYBOX,
+            command: &["echo", "still native"],
+            args: &[],
+            memory_limit: 0,
+        },
+    )
+    .await
+    .unwrap();
+    for id in [&wasm_id, &native_id] {
+        start(&mut rt, id).await;
+    }
+    for id in [&wasm_id, &native_id] {
+        let s = wait_exited(&mut rt, id, Duration::from_secs(20)).await;
+        assert_eq!(s.exit_code, 0, "{s:?}");
+    }
+    assert!(log_of(&pod, "app").contains("hello from wasm handler"));
+    assert!(log_of(&pod, "native").contains("still native"));
+    let (_, info) = status(&mut rt, &native_id).await;
+    assert_eq!(runtime_of(&info).0, "native");
 }

@@ -6,6 +6,7 @@ use sandbox::cni::PortMapping;
 use sandbox::pod::files::DnsConfig;
 use sandbox::pod::{NamespaceMode, NamespaceModes, PodSpec};
 
+use super::status::RUNTIME_HANDLERS;
 use crate::error::{CriError, CriResult};
 use crate::service::CriService;
 
@@ -22,6 +23,12 @@ pub async fn run_pod_sandbox(
 }
 
 fn pod_spec(req: RunPodSandboxRequest) -> CriResult<PodSpec> {
+    if !RUNTIME_HANDLERS.contains(&req.runtime_handler.as_str()) {
+        return Err(CriError::InvalidArgument(format!(
+            "runtime handler {:?} is unknown; berth has {:?}",
+            req.runtime_handler, RUNTIME_HANDLERS
+        )));
+    }
     let config = req
         .config
         .ok_or_else(|| CriError::InvalidArgument("RunPodSandbox needs a config".into()))?;

@@ -13,6 +13,10 @@ use crate::error::{CriError, CriResult};
 use crate::service::CriService;
 
 const RUNTIME_READY: &str = "RuntimeReady";
+
+/// The handlers a RuntimeClass may name: the default, and `wasm`, which runs each
+/// container whose entrypoint is a Wasm module in Wasmtime and the others natively.
+pub const RUNTIME_HANDLERS: [&str; 2] = ["", wasm_exec::decision::WASM_RUNTIME_HANDLER];
 const NETWORK_READY: &str = "NetworkReady";
 
 pub fn status(svc: &CriService, req: StatusRequest) -> CriResult<StatusResponse> {
@@ -47,14 +51,17 @@ pub fn status(svc: &CriService, req: StatusRequest) -> CriResult<StatusResponse>
             conditions: vec![runtime, network],
         }),
         info,
-        // The default handler; features are advertised only once they really work.
-        runtime_handlers: vec![RuntimeHandler {
-            name: String::new(),
-            features: Some(RuntimeHandlerFeatures {
-                recursive_read_only_mounts: false,
-                user_namespaces: false,
-            }),
-        }],
+        // Features are advertised only once they really work.
+        runtime_handlers: RUNTIME_HANDLERS
+            .iter()
+            .map(|name| RuntimeHandler {
+                name: name.to_string(),
+                features: Some(RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: false,
+                    user_namespaces: false,
+                }),
+            })
+            .collect(),
         features: Some(RuntimeFeatures {
             supplemental_groups_policy: true,
         }),

@@ -507,12 +507,6 @@ fn validate(spec: &PodSpec) -> Result<(), PodError> {
     if spec.name.is_empty() || spec.namespace.is_empty() {
         return bad("pod metadata needs a name and a namespace".into());
     }
-    if !spec.runtime_handler.is_empty() {
-        return bad(format!(
-            "runtime handler {:?} is unknown; berth has only the default handler \"\"",
-            spec.runtime_handler
-        ));
-    }
     let ns = &spec.namespaces;
     for (kind, mode) in [("network", ns.network), ("PID", ns.pid), ("IPC", ns.ipc)] {
         if mode == NamespaceMode::Target {
