@@ -384,3 +384,11 @@ fn a_precompiled_fd_that_is_not_open_falls_back_to_compiling() {
     );
     assert!(stderr(&out).contains("fd 77"), "{}", stderr(&out));
 }
+
+#[test]
+fn an_unterminated_last_line_is_not_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = guest(dir.path(), "partial.wasm", NO_NEWLINE);
+    let out = run(runner(dir.path()).arg("--").arg(&module));
+    assert_eq!((out.status.code(), stdout(&out).as_str()), (Some(0), "no newline"));
+}

@@ -63,12 +63,20 @@ pub fn main(args: Vec<std::ffi::OsString>) -> i32 {
 }
 
 /// Runs one guest to completion and returns the process exit status (see the module docs).
+/// Guest output is flushed before returning, so the caller may end the process with `_exit`.
 pub fn run(opts: RunOptions) -> i32 {
+    let status = run_guest(&opts);
+    // The guest writes through std's stdout, which holds an unterminated last line back.
+    let _ = std::io::stdout().flush();
+    status
+}
+
+fn run_guest(opts: &RunOptions) -> i32 {
     let engine = match crate::engine::new_engine() {
         Ok(engine) => engine,
         Err(e) => {
             return fail(
-                &opts,
+                opts,
                 EXIT_RUNNER_FAILED,
                 &format!("creating the Wasm engine: {e:#}"),
             );
@@ -76,12 +84,12 @@ pub fn run(opts: RunOptions) -> i32 {
     };
     if let Err(e) = stop::install(&engine) {
         return fail(
-            &opts,
+            opts,
             EXIT_RUNNER_FAILED,
             &format!("installing the stop handler: {e}"),
         );
     }
-    let program = match load(&engine, &opts) {
+    let program = match load(&engine, opts) {
         Ok(program) => program,
         Err(e) => {
             let status = match &e {
@@ -93,12 +101,12 @@ pub fn run(opts: RunOptions) -> i32 {
                 CacheError::Io { .. } => EXIT_RUNNER_FAILED,
                 _ => EXIT_CANNOT_RUN,
             };
-            return fail(&opts, status, &e.to_string());
+            return fail(opts, status, &e.to_string());
         }
     };
-    let wasi = match wasi_builder(&opts) {
+    let wasi = match wasi_builder(opts) {
         Ok(wasi) => wasi,
-        Err(e) => return fail(&opts, EXIT_RUNNER_FAILED, &e),
+        Err(e) => return fail(opts, EXIT_RUNNER_FAILED, &e),
     };
     let limit = GuestMemoryLimit::new(opts.memory_limit);
     let (result, limit) = match program {
@@ -107,7 +115,7 @@ pub fn run(opts: RunOptions) -> i32 {
     };
     match result {
         Ok(status) => status,
-        Err(failure) => end_abnormally(&opts, failure, &limit),
+        Err(failure) => end_abnormally(opts, failure, &limit),
     }
 }
 

@@ -139,3 +139,13 @@ pub fn component(status: u32) -> String {
   (export "wasi:cli/run@0.2.0" (instance $run-instance)))"#
     )
 }
+
+/// Writes a line without its newline, then exits 0: the tail must not be lost.
+pub const NO_NEWLINE: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 64) "no newline")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 64))
+    (i32.store (i32.const 4) (i32.const 10))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16)))))"#;
