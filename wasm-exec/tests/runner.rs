@@ -390,5 +390,8 @@ fn an_unterminated_last_line_is_not_lost() {
     let dir = tempfile::tempdir().unwrap();
     let module = guest(dir.path(), "partial.wasm", NO_NEWLINE);
     let out = run(runner(dir.path()).arg("--").arg(&module));
-    assert_eq!((out.status.code(), stdout(&out).as_str()), (Some(0), "no newline"));
+    assert_eq!(
+        (out.status.code(), stdout(&out).as_str()),
+        (Some(0), "no newline")
+    );
 }
