@@ -251,6 +251,7 @@ fn reopen_log_continues_in_a_new_file() {
         source: shared.clone(),
         destination: "/shared".into(),
         readonly: false,
+        recursive_readonly: false,
         propagation: Propagation::Private,
     });
     container::create(&monitor(), &spec, &fx.dir()).unwrap();
@@ -401,6 +402,7 @@ fn volumes_readonly_and_through_a_symlink() {
             source: fx.path("link"),
             destination: dest.into(),
             readonly,
+            recursive_readonly: false,
             propagation: Propagation::Private,
         });
     }
@@ -410,12 +412,70 @@ fn volumes_readonly_and_through_a_symlink() {
         source: fx.path("resolv.conf"),
         destination: "/etc/resolv.conf".into(),
         readonly: true,
+        recursive_readonly: false,
         propagation: Propagation::Private,
     });
     spec.process.args[2].push_str("; cat /etc/resolv.conf");
     assert_eq!(fx.run(&spec).exit_code, 0, "{}", fx.log());
     assert_eq!(fx.stdout(), ["ro=1", "ro", "nameserver 10.10.10.10"]);
     assert!(data.join("made").exists());
+}
+
+/// Unmounts a host mount made by a test, also when the test fails.
+struct HostMount(PathBuf);
+
+impl Drop for HostMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn recursive_readonly_volumes_cover_submounts() {
+    let fx = Fixture::new();
+    let data = fx.path("data");
+    let sub = data.join("tmpfs");
+    std::fs::create_dir_all(&sub).unwrap();
+    nix::mount::mount(
+        Some("none"),
+        &sub,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    let _tmpfs = HostMount(sub.clone());
+    // /ro is read-only only at its top; /rro all the way down.
+    let mut spec = fx.spec(&[
+        "sh",
+        "-c",
+        "for f in /ro/top /ro/tmpfs/f /rro/top /rro/tmpfs/f; do \
+           touch $f 2>/dev/null && echo $f=rw || echo $f=ro; done; \
+         grep -E ' /rro(/tmpfs)? ' /proc/mounts | cut -d' ' -f2,4 | cut -d, -f1",
+    ]);
+    for (dest, recursive_readonly) in [("/ro", false), ("/rro", true)] {
+        spec.mounts.push(BindMount {
+            source: data.clone(),
+            destination: dest.into(),
+            readonly: true,
+            recursive_readonly,
+            propagation: Propagation::Private,
+        });
+    }
+    assert_eq!(fx.run(&spec).exit_code, 0, "{}", fx.log());
+    assert_eq!(
+        fx.stdout(),
+        [
+            "/ro/top=ro",
+            "/ro/tmpfs/f=rw",
+            "/rro/top=ro",
+            "/rro/tmpfs/f=ro",
+            "/rro ro",
+            "/rro/tmpfs ro",
+        ]
+    );
+    // The host's mounts are untouched: the tmpfs is still writable there.
+    std::fs::write(sub.join("host"), "x").unwrap();
 }
 
 #[test]
@@ -608,6 +668,7 @@ fn mount_propagation_private_rslave_and_rshared() {
             source: shared.0.clone(),
             destination: dest.into(),
             readonly: false,
+            recursive_readonly: false,
             propagation,
         });
     }
@@ -643,6 +704,7 @@ fn readonly_rootfs_keeps_volumes_and_shm_writable() {
         source: data.clone(),
         destination: "/data".into(),
         readonly: false,
+        recursive_readonly: false,
         propagation: Propagation::Private,
     });
     assert_eq!(fx.run(&spec).exit_code, 0, "{}", fx.log());

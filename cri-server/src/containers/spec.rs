@@ -180,6 +180,30 @@ fn propagation(p: i32) -> Propagation {
     }
 }
 
+/// A recursively read-only mount must be read-only, and nothing may propagate into it
+/// (a mount arriving later from the host would be writable).
+fn check_recursive_read_only(m: &cri::Mount) -> Result<(), CriError> {
+    if !m.recursive_read_only {
+        return Ok(());
+    }
+    if !m.readonly {
+        return Err(invalid(format!(
+            "mount at {:?}: recursive_read_only needs readonly = true",
+            m.container_path
+        )));
+    }
+    if propagation(m.propagation) != Propagation::Private {
+        return Err(invalid(format!(
+            "mount at {:?}: recursive_read_only needs PROPAGATION_PRIVATE, not {}",
+            m.container_path,
+            cri::MountPropagation::try_from(m.propagation)
+                .map(|p| p.as_str_name())
+                .unwrap_or("an unknown propagation")
+        )));
+    }
+    Ok(())
+}
+
 fn mode(
     ns: Option<&cri::NamespaceOption>,
     pick: fn(&cri::NamespaceOption) -> i32,
@@ -324,6 +348,7 @@ pub fn build(
                 source: source.clone(),
                 destination: dest.into(),
                 readonly: sc.is_some_and(|s| s.readonly_rootfs),
+                recursive_readonly: false,
                 propagation: Propagation::Private,
             });
         }
@@ -341,10 +366,12 @@ pub fn build(
                 m.container_path
             )));
         }
+        check_recursive_read_only(m)?;
         mounts.push(BindMount {
             source: m.host_path.clone().into(),
             destination: m.container_path.clone().into(),
             readonly: m.readonly,
+            recursive_readonly: m.recursive_read_only,
             propagation: propagation(m.propagation),
         });
     }
@@ -602,6 +629,40 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(seccomp(Some(&sc)).unwrap(), Seccomp::Profile(_)));
+    }
+
+    #[test]
+    fn recursive_read_only_rules() {
+        let mount = |readonly, propagation: cri::MountPropagation| cri::Mount {
+            container_path: "/mnt".into(),
+            host_path: "/tmp/x".into(),
+            readonly,
+            recursive_read_only: true,
+            selinux_relabel: true,
+            propagation: propagation as i32,
+            ..Default::default()
+        };
+        use cri::MountPropagation::*;
+        check_recursive_read_only(&mount(true, PropagationPrivate)).unwrap();
+        for (readonly, p, says) in [
+            (false, PropagationPrivate, "readonly = true"),
+            (
+                true,
+                PropagationHostToContainer,
+                "PROPAGATION_HOST_TO_CONTAINER",
+            ),
+            (true, PropagationBidirectional, "PROPAGATION_BIDIRECTIONAL"),
+        ] {
+            match check_recursive_read_only(&mount(readonly, p)) {
+                Err(CriError::InvalidArgument(m)) => assert!(m.contains(says), "{m}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        let plain = cri::Mount {
+            recursive_read_only: false,
+            ..mount(false, PropagationBidirectional)
+        };
+        check_recursive_read_only(&plain).unwrap();
     }
 
     #[test]

@@ -247,6 +247,7 @@ pub fn apply(
             source: plan.module_on_host.clone(),
             destination: plan.module_in_container.clone(),
             readonly: true,
+            recursive_readonly: false,
             propagation: Propagation::Private,
         });
     }

@@ -57,7 +57,7 @@ pub fn status(svc: &CriService, req: StatusRequest) -> CriResult<StatusResponse>
             .map(|name| RuntimeHandler {
                 name: name.to_string(),
                 features: Some(RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: false,
+                    recursive_read_only_mounts: true,
                     user_namespaces: false,
                 }),
             })

@@ -252,6 +252,26 @@ fn move_tree(fd: &OwnedFd, target: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// mount_setattr on every mount of the tree behind `fd` (a clone from `clone_tree`).
+fn set_tree_attr(fd: &OwnedFd, attr: &libc::mount_attr) -> io::Result<()> {
+    let empty = c"";
+    // SAFETY: fd is a mount fd; the attr struct is valid for the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
+            attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn cpath(p: &Path) -> SetupResult<CString> {
     CString::new(p.as_os_str().as_bytes()).context(|| format!("path {p:?}"))
 }
@@ -407,8 +427,19 @@ fn attach_bind(m: &BindMount, fd: &OwnedFd) -> SetupResult<()> {
             .open(dest)
             .context(|| format!("creating mount point {dest:?}"))?;
     }
+    if m.recursive_readonly {
+        // On the detached clone, so the tree is never writable where the container sees it.
+        let rdonly = libc::mount_attr {
+            attr_set: libc::MOUNT_ATTR_RDONLY,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        set_tree_attr(fd, &rdonly)
+            .context(|| format!("making {:?} recursively read-only", m.source))?;
+    }
     move_tree(fd, dest).context(|| format!("bind mount {:?} on {dest:?}", m.source))?;
-    if m.readonly {
+    if m.readonly && !m.recursive_readonly {
         remount_readonly(dest).context(|| format!("making {dest:?} read-only"))?;
     }
     let propagation = match m.propagation {

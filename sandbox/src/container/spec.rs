@@ -153,6 +153,10 @@ pub struct BindMount {
     /// Absolute path inside the container; resolved inside the container's root.
     pub destination: PathBuf,
     pub readonly: bool,
+    /// Every mount below the source read-only too, not just the top one (needs `readonly`
+    /// and private propagation: a read-only flag cannot follow mounts that propagate in).
+    #[serde(default)]
+    pub recursive_readonly: bool,
     pub propagation: Propagation,
 }
 
@@ -212,6 +216,13 @@ pub enum SpecError {
     ArgNul(String),
     #[error("hostname {0:?} is invalid")]
     BadHostname(String),
+    #[error("recursive read-only mount at {0:?} must also be read-only")]
+    RecursiveReadOnlyNotReadOnly(PathBuf),
+    #[error(
+        "recursive read-only mount at {0:?} must have private propagation (mounts propagated \
+         from the host later would be writable)"
+    )]
+    RecursiveReadOnlyPropagates(PathBuf),
     #[error("rlimit {resource}: soft limit {soft} exceeds hard limit {hard}")]
     RlimitSoftAboveHard { resource: u32, soft: u64, hard: u64 },
 }
@@ -261,6 +272,16 @@ impl ContainerSpec {
         for m in &self.mounts {
             host_path("mount source", &m.source)?;
             container_path("mount destination", &m.destination)?;
+            if m.recursive_readonly && !m.readonly {
+                return Err(SpecError::RecursiveReadOnlyNotReadOnly(
+                    m.destination.clone(),
+                ));
+            }
+            if m.recursive_readonly && m.propagation != Propagation::Private {
+                return Err(SpecError::RecursiveReadOnlyPropagates(
+                    m.destination.clone(),
+                ));
+            }
         }
         for path in self.masked_paths.iter().chain(&self.readonly_paths) {
             container_path("masked or read-only", path)?;
@@ -406,12 +427,39 @@ mod tests {
             source: "/host".into(),
             destination: "/data/../../etc".into(),
             readonly: false,
+            recursive_readonly: false,
             propagation: Propagation::Private,
         });
         assert!(matches!(s.validate(), Err(SpecError::DotDot { .. })));
         let mut s = minimal();
         s.process.cwd = "work".into();
         assert!(matches!(s.validate(), Err(SpecError::NotAbsolute { .. })));
+    }
+
+    #[test]
+    fn recursive_readonly_needs_readonly_and_private_propagation() {
+        let rro = |readonly, propagation| {
+            let mut s = minimal();
+            s.mounts.push(BindMount {
+                source: "/host".into(),
+                destination: "/mnt".into(),
+                readonly,
+                recursive_readonly: true,
+                propagation,
+            });
+            s.validate()
+        };
+        rro(true, Propagation::Private).unwrap();
+        assert_eq!(
+            rro(false, Propagation::Private),
+            Err(SpecError::RecursiveReadOnlyNotReadOnly("/mnt".into()))
+        );
+        for p in [Propagation::HostToContainer, Propagation::Bidirectional] {
+            assert_eq!(
+                rro(true, p),
+                Err(SpecError::RecursiveReadOnlyPropagates("/mnt".into()))
+            );
+        }
     }
 
     #[test]
