@@ -125,7 +125,16 @@ fn run_in_container(
     match args.get(1) {
         Some(a) if a == wasm_exec::runner::RUN_ARG => {
             match wasm_exec::runner::RunOptions::parse(args.into_iter().skip(2), env) {
-                Ok(opts) => wasm_exec::runner::run(opts),
+                Ok(opts) => {
+                    // `ps` shows the module, not the monitor this process was forked from.
+                    if let Some(name) = opts.module.file_name() {
+                        let _ = nix::sys::prctl::set_name(
+                            &std::ffi::CString::new(name.as_encoded_bytes().to_vec())
+                                .unwrap_or_default(),
+                        );
+                    }
+                    wasm_exec::runner::run(opts)
+                }
                 Err(e) => {
                     eprintln!("berth {}: {e}", wasm_exec::runner::RUN_ARG);
                     wasm_exec::runner::EXIT_RUNNER_FAILED
