@@ -359,14 +359,17 @@ impl Cgroup {
     /// directories are fine (removal is idempotent).
     pub fn remove(&self) -> Result<(), CgroupError> {
         for (_, dir) in &self.dirs {
-            let mut tries = 0;
+            let deadline = std::time::Instant::now() + Duration::from_millis(500);
+            let mut pause = super::Backoff::new();
             loop {
                 match std::fs::remove_dir(dir) {
                     Ok(()) => break,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 50 => {
-                        tries += 1;
-                        std::thread::sleep(Duration::from_millis(10));
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY)
+                            && std::time::Instant::now() < deadline =>
+                    {
+                        pause.sleep();
                     }
                     Err(e) => return Err(io_err(dir)(e)),
                 }

@@ -403,8 +403,9 @@ pub fn state(dir: &Path) -> Result<ContainerState, ContainerError> {
     }
     // The process is gone: its monitor is draining output and about to write the record.
     let deadline = Instant::now() + Duration::from_secs(2);
+    let mut pause = Backoff::new();
     while monitor_alive(dir) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
+        pause.sleep();
         if let Some(exit) = read_exit(dir)? {
             return Ok(ContainerState::Exited(exit));
         }
@@ -435,12 +436,28 @@ fn monitor_alive(dir: &Path) -> bool {
 /// Waits until the container has exited and its exit is recorded (or `timeout` passes).
 pub fn wait(dir: &Path, timeout: Duration) -> Result<ContainerState, ContainerError> {
     let deadline = Instant::now() + timeout;
+    let mut pause = Backoff::new();
     loop {
         let s = state(dir)?;
         if matches!(s, ContainerState::Exited(_)) || Instant::now() >= deadline {
             return Ok(s);
         }
-        std::thread::sleep(Duration::from_millis(10));
+        pause.sleep();
+    }
+}
+
+/// Sleeps for polling loops: short at first, so a stop or exit that is about to land is
+/// seen within a millisecond, then up to 10 ms, so long waits stay cheap.
+pub(crate) struct Backoff(Duration);
+
+impl Backoff {
+    pub(crate) fn new() -> Self {
+        Backoff(Duration::from_micros(500))
+    }
+
+    pub(crate) fn sleep(&mut self) {
+        std::thread::sleep(self.0);
+        self.0 = (self.0 * 2).min(Duration::from_millis(10));
     }
 }
 
@@ -458,8 +475,9 @@ pub fn remove(dir: &Path) -> Result<(), ContainerError> {
     }
     let _ = wait(dir, Duration::from_secs(10))?;
     let deadline = Instant::now() + Duration::from_secs(5);
+    let mut pause = Backoff::new();
     while monitor_alive(dir) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
+        pause.sleep();
     }
     if let Some(spec) = &spec {
         if let Some(cg) = &spec.cgroup {
