@@ -63,3 +63,5 @@ for rt in $RUNTIMES; do
 done
 
 python3 "$BENCH/report.py"
+# report.py rewrites RESULTS.md; put back the section of the last bench/wasm.sh run.
+if [[ -d $BENCH/results/wasm ]]; then python3 "$BENCH/wasm_report.py"; fi

@@ -25,6 +25,8 @@ while (($#)); do
     esac
 done
 
+# After the runtime is stopped: the private dirs themselves (lib.sh leaves its configs there).
+ct_extra_cleanup() { ct_wipe_dir "$CT_RUN"; ct_wipe_dir "$CT_LIB"; }
 ct_install_traps
 ct_prepare
 ct_runtime_start berth "$BERTH_BIN"
