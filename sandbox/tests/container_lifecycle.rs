@@ -102,6 +102,7 @@ impl Fixture {
             }),
             log_path: self.path("0.log"),
             privileged: false,
+            user_namespace: None,
         }
     }
 
@@ -476,6 +477,81 @@ fn recursive_readonly_volumes_cover_submounts() {
     );
     // The host's mounts are untouched: the tmpfs is still writable there.
     std::fs::write(sub.join("host"), "x").unwrap();
+}
+
+/// A process in a new user namespace mapping 0..65536 to host 100000..; killed on drop.
+struct UserNamespaceHolder(std::process::Child);
+
+impl UserNamespaceHolder {
+    const HOST_ROOT: u32 = 100000;
+
+    fn new() -> Self {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new("/bin/busybox");
+        cmd.args(["sleep", "60"]);
+        // SAFETY: unshare is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        for map in ["uid_map", "gid_map"] {
+            let line = format!("0 {} 65536\n", Self::HOST_ROOT);
+            std::fs::write(format!("/proc/{}/{map}", child.id()), line).unwrap();
+        }
+        Self(child)
+    }
+
+    fn spec(&self) -> sandbox::container::spec::UserNamespace {
+        sandbox::container::spec::UserNamespace {
+            path: format!("/proc/{}/ns/user", self.0.id()).into(),
+            root_uid: Self::HOST_ROOT,
+            root_gid: Self::HOST_ROOT,
+        }
+    }
+}
+
+impl Drop for UserNamespaceHolder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn user_namespace_with_idmapped_rootfs_and_volumes() {
+    use std::os::unix::fs::MetadataExt;
+    let fx = Fixture::new();
+    let holder = UserNamespaceHolder::new();
+    let vol = fx.path("vol");
+    std::fs::create_dir(&vol).unwrap();
+    std::fs::write(vol.join("host-file"), "x").unwrap();
+    let mut spec = fx.spec(&[
+        "sh",
+        "-c",
+        "cat /proc/self/uid_map | tr -s ' ' | sed 's/^ //'; id -u; \
+         stat -c '%u:%g' /bin/busybox / /vol/host-file; \
+         touch /new /vol/made && echo wrote",
+    ]);
+    spec.user_namespace = Some(holder.spec());
+    spec.mounts.push(BindMount {
+        source: vol.clone(),
+        destination: "/vol".into(),
+        readonly: false,
+        recursive_readonly: false,
+        propagation: Propagation::Private,
+    });
+    assert_eq!(fx.run(&spec).exit_code, 0, "{}", fx.log());
+    assert_eq!(
+        fx.stdout(),
+        ["0 100000 65536", "0", "0:0", "0:0", "0:0", "wrote"]
+    );
+    // The container's root is host uid 100000 in its writable layer; through the idmapped
+    // volume, its files belong to host root.
+    assert_eq!(fx.path("upper/new").metadata().unwrap().uid(), 100000);
+    assert_eq!(vol.join("made").metadata().unwrap().uid(), 0);
 }
 
 #[test]

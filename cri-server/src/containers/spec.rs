@@ -11,7 +11,7 @@ use sandbox::container::caps;
 use sandbox::container::cgroup::Resources;
 use sandbox::container::spec::{
     BindMount, CgroupSpec, DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS, Namespace, Namespaces,
-    Process, Propagation, Rootfs,
+    Process, Propagation, Rootfs, UserNamespace,
 };
 use sandbox::pod::{NamespaceMode, PodView};
 
@@ -202,6 +202,63 @@ fn check_recursive_read_only(m: &cri::Mount) -> Result<(), CriError> {
         )));
     }
     Ok(())
+}
+
+/// The pod's user namespace, which every container of the pod shares; the container may
+/// repeat the pod's options but not ask for others. Its user and groups must be mapped.
+fn user_namespace(
+    pod: &PodView,
+    sc: Option<&cri::LinuxContainerSecurityContext>,
+    user: &ResolvedUser,
+) -> Result<Option<UserNamespace>, CriError> {
+    let asked = sc
+        .and_then(|s| s.namespace_options.as_ref())
+        .and_then(|n| n.userns_options.as_ref());
+    let pod_userns = pod.record.spec.user_namespace;
+    if let Some(asked) = asked {
+        let asked = crate::runtime::sandbox_run::user_namespace(Some(asked))?;
+        if asked.is_some() && asked != pod_userns {
+            return Err(invalid(
+                "the container's user namespace options differ from its pod's: containers \
+                 share the pod's user namespace",
+            ));
+        }
+    }
+    let Some(userns) = pod_userns else {
+        return Ok(None);
+    };
+    let unmapped = |what: &str, id: u32, m: sandbox::pod::IdMapping| {
+        m.host_of(id).is_none().then(|| {
+            invalid(format!(
+                "{what} {id} is outside the pod's user namespace ({}+{})",
+                m.container_id, m.length
+            ))
+        })
+    };
+    let ids = [
+        ("uid", user.uid, userns.uids),
+        ("gid", user.gid, userns.gids),
+    ]
+    .into_iter()
+    .chain(
+        user.additional_gids
+            .iter()
+            .map(|g| ("group", *g, userns.gids)),
+    );
+    for (what, id, m) in ids {
+        if let Some(e) = unmapped(what, id, m) {
+            return Err(e);
+        }
+    }
+    let root = |what: &str, m: sandbox::pod::IdMapping| {
+        m.host_of(0)
+            .ok_or_else(|| invalid(format!("the pod's user namespace maps no {what} 0")))
+    };
+    Ok(Some(UserNamespace {
+        path: pod.paths.namespace("user"),
+        root_uid: root("uid", userns.uids)?,
+        root_gid: root("gid", userns.gids)?,
+    }))
 }
 
 fn mode(
@@ -407,6 +464,8 @@ pub fn build(
         String::new()
     };
 
+    let user_namespace = user_namespace(pod, sc, &user)?;
+
     let res = linux.and_then(|l| l.resources.as_ref());
     let spec = ContainerSpec {
         rootfs: Rootfs {
@@ -445,6 +504,7 @@ pub fn build(
             resources: resources(res),
         }),
         privileged,
+        user_namespace,
         log_path: if log_path.is_empty() {
             dirs.fallback_log.clone()
         } else {

@@ -4,7 +4,7 @@
 use k8s_cri::v1::{self as cri, RunPodSandboxRequest, RunPodSandboxResponse};
 use sandbox::cni::PortMapping;
 use sandbox::pod::files::DnsConfig;
-use sandbox::pod::{NamespaceMode, NamespaceModes, PodSpec};
+use sandbox::pod::{IdMapping, NamespaceMode, NamespaceModes, PodSpec, UserNamespaceSpec};
 
 use super::status::RUNTIME_HANDLERS;
 use crate::error::{CriError, CriResult};
@@ -38,13 +38,7 @@ fn pod_spec(req: RunPodSandboxRequest) -> CriResult<PodSpec> {
     let linux = config.linux.unwrap_or_default();
     let security = linux.security_context.unwrap_or_default();
     let ns = security.namespace_options.unwrap_or_default();
-    if let Some(userns) = &ns.userns_options
-        && userns.mode != cri::NamespaceMode::Node as i32
-    {
-        return Err(CriError::InvalidArgument(
-            "user namespaces are not supported by berth yet".into(),
-        ));
-    }
+    let user_namespace = user_namespace(ns.userns_options.as_ref())?;
     let dns = config.dns_config.unwrap_or_default();
     Ok(PodSpec {
         name: meta.name,
@@ -74,7 +68,54 @@ fn pod_spec(req: RunPodSandboxRequest) -> CriResult<PodSpec> {
         sysctls: linux.sysctls.into_iter().collect(),
         runtime_handler: req.runtime_handler,
         privileged: security.privileged,
+        user_namespace,
     })
+}
+
+/// CRI `userns_options`: NODE (or none) is the host's user namespace; POD is one of the
+/// pod's own with exactly one uid and one gid range, each mapping container ID 0.
+pub(crate) fn user_namespace(
+    opts: Option<&cri::UserNamespace>,
+) -> CriResult<Option<UserNamespaceSpec>> {
+    let Some(opts) = opts else {
+        return Ok(None);
+    };
+    match cri::NamespaceMode::try_from(opts.mode) {
+        Ok(cri::NamespaceMode::Node) => Ok(None),
+        Ok(cri::NamespaceMode::Pod) => Ok(Some(UserNamespaceSpec {
+            uids: single_mapping("uid", &opts.uids)?,
+            gids: single_mapping("gid", &opts.gids)?,
+        })),
+        Ok(mode) => Err(CriError::InvalidArgument(format!(
+            "user namespace mode {} is not supported: use POD or NODE",
+            mode.as_str_name()
+        ))),
+        Err(_) => Err(CriError::InvalidArgument(format!(
+            "user namespace mode {} is unknown",
+            opts.mode
+        ))),
+    }
+}
+
+fn single_mapping(what: &str, mappings: &[cri::IdMapping]) -> CriResult<IdMapping> {
+    let [m] = mappings else {
+        return Err(CriError::InvalidArgument(format!(
+            "a pod user namespace needs exactly one {what} mapping, not {}",
+            mappings.len()
+        )));
+    };
+    let m = IdMapping {
+        container_id: m.container_id,
+        host_id: m.host_id,
+        length: m.length,
+    };
+    if m.host_of(0).is_none() {
+        return Err(CriError::InvalidArgument(format!(
+            "the {what} mapping {}+{} of the pod user namespace does not map container ID 0",
+            m.container_id, m.length
+        )));
+    }
+    Ok(m)
 }
 
 fn port_mapping(p: &cri::PortMapping) -> CriResult<PortMapping> {
@@ -133,6 +174,42 @@ mod tests {
             assert_eq!(mode_to_cri(mode_from_cri(m).unwrap()), m);
         }
         assert!(mode_from_cri(9).is_err());
+    }
+
+    #[test]
+    fn user_namespace_options() {
+        let range = |container_id, host_id| cri::IdMapping {
+            container_id,
+            host_id,
+            length: 65536,
+        };
+        let opts = |mode: cri::NamespaceMode, uids: Vec<cri::IdMapping>| cri::UserNamespace {
+            mode: mode as i32,
+            gids: uids.clone(),
+            uids,
+        };
+        use cri::NamespaceMode::*;
+        assert_eq!(user_namespace(None).unwrap(), None);
+        assert_eq!(user_namespace(Some(&opts(Node, vec![]))).unwrap(), None);
+        let spec = user_namespace(Some(&opts(Pod, vec![range(0, 1000)])))
+            .unwrap()
+            .unwrap();
+        assert_eq!(spec.uids.host_of(0), Some(1000));
+        for (bad, says) in [
+            (
+                opts(Pod, vec![range(0, 1000), range(0, 2000)]),
+                "exactly one",
+            ),
+            (opts(Pod, vec![]), "exactly one"),
+            (opts(Pod, vec![range(1, 1000)]), "container ID 0"),
+            (opts(Container, vec![]), "CONTAINER"),
+            (opts(Target, vec![]), "TARGET"),
+        ] {
+            match user_namespace(Some(&bad)) {
+                Err(CriError::InvalidArgument(m)) => assert!(m.contains(says), "{m}"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -102,8 +102,14 @@ pub(crate) fn setup_container(
         }
     }
     enter_namespaces(spec)?;
+    // Joined last, once everything that needs the host's privileges is done.
+    let userns = spec
+        .user_namespace
+        .as_ref()
+        .map(|u| File::open(&u.path).context(|| format!("opening user namespace {:?}", u.path)))
+        .transpose()?;
 
-    let binds = open_bind_sources(spec)?;
+    let binds = open_bind_sources(spec, userns.as_ref())?;
     let passed = open_pass_files(&spec.process)?;
     // Our mounts must not leak to the host, and pivot_root refuses shared mounts. Volumes
     // that propagate (rslave/rshared) were cloned above while still peers of the host's.
@@ -116,7 +122,18 @@ pub(crate) fn setup_container(
     )
     .context(|| "making / a slave mount".into())?;
     let rootfs = state_dir.join(super::state::ROOTFS);
-    mount_overlay(spec, &rootfs)?;
+    match (&spec.user_namespace, &userns) {
+        (Some(user), Some(ns)) => {
+            let lower = idmapped_layers(&spec.rootfs.lower, ns, state_dir)?;
+            let upper = &spec.rootfs.upper;
+            std::fs::create_dir_all(upper).context(|| format!("creating {upper:?}"))?;
+            // The writable layer's root is the container's / : its root owns it.
+            std::os::unix::fs::chown(upper, Some(user.root_uid), Some(user.root_gid))
+                .context(|| format!("chown {upper:?} to the container's root"))?;
+            mount_overlay(&lower, spec, &rootfs)?;
+        }
+        _ => mount_overlay(&spec.rootfs.lower, spec, &rootfs)?,
+    }
     pivot_into(&rootfs)?;
 
     mount_system(binds.host_dev, binds.shm)?;
@@ -146,6 +163,10 @@ pub(crate) fn setup_container(
     // The cgroup namespace is rooted where we are now: in the container's cgroup.
     if spec.namespaces.cgroup == Namespace::New {
         unshare(CloneFlags::CLONE_NEWCGROUP).context(|| "creating the cgroup namespace".into())?;
+    }
+    if let Some(ns) = &userns {
+        setns(ns, CloneFlags::CLONE_NEWUSER)
+            .context(|| "joining the pod's user namespace".into())?;
     }
     set_identity(&spec.process)?;
     Ok(plan)
@@ -187,16 +208,41 @@ struct BindSources {
 /// Clones each bind source as a detached mount while host paths are still visible; they are
 /// attached after pivot_root, where destinations resolve inside the container's root (an
 /// image symlink cannot redirect a mount onto the host).
-fn open_bind_sources(spec: &ContainerSpec) -> SetupResult<BindSources> {
+/// With a user namespace, each clone is idmapped into it (files of host root appear as the
+/// container's root); recursive read-only is set on the clone, so the tree is never
+/// writable where the container sees it.
+fn open_bind_sources(spec: &ContainerSpec, userns: Option<&File>) -> SetupResult<BindSources> {
+    let clone = |source: &Path, recursive: bool, rro: bool| -> SetupResult<OwnedFd> {
+        let fd = clone_tree(source, recursive)?;
+        let mut attr = MountAttr::default();
+        if rro {
+            attr.attr_set |= libc::MOUNT_ATTR_RDONLY;
+        }
+        if let Some(ns) = userns {
+            attr.attr_set |= libc::MOUNT_ATTR_IDMAP;
+            attr.userns_fd = ns.as_raw_fd() as u64;
+        }
+        if attr.attr_set != 0 {
+            set_tree_attr(&fd, &attr, recursive).context(|| {
+                let what = match (rro, userns.is_some()) {
+                    (true, true) => "idmapping and making recursively read-only",
+                    (true, false) => "making recursively read-only",
+                    _ => "idmapping",
+                };
+                format!("{what} {source:?}")
+            })?;
+        }
+        Ok(fd)
+    };
     let shm = spec
         .shm
         .as_deref()
-        .map(|p| clone_tree(p, false))
+        .map(|p| clone(p, false, false))
         .transpose()?;
     let volumes = spec
         .mounts
         .iter()
-        .map(|m| clone_tree(&m.source, true))
+        .map(|m| clone(&m.source, true, m.recursive_readonly))
         .collect::<SetupResult<_>>()?;
     let host_dev = if spec.privileged {
         Some(clone_tree(Path::new("/dev"), true)?)
@@ -252,18 +298,33 @@ fn move_tree(fd: &OwnedFd, target: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// mount_setattr on every mount of the tree behind `fd` (a clone from `clone_tree`).
-fn set_tree_attr(fd: &OwnedFd, attr: &libc::mount_attr) -> io::Result<()> {
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+#[derive(Default)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// mount_setattr on the mount behind `fd` (a clone from `clone_tree`) and, with
+/// `recursive`, every mount below it.
+fn set_tree_attr(fd: &OwnedFd, attr: &MountAttr, recursive: bool) -> io::Result<()> {
     let empty = c"";
+    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        flags |= AT_RECURSIVE;
+    }
     // SAFETY: fd is a mount fd; the attr struct is valid for the size passed.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
             fd.as_raw_fd(),
             empty.as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
-            attr as *const libc::mount_attr,
-            std::mem::size_of::<libc::mount_attr>(),
+            flags,
+            attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
         )
     };
     if rc != 0 {
@@ -276,7 +337,47 @@ fn cpath(p: &Path) -> SetupResult<CString> {
     CString::new(p.as_os_str().as_bytes()).context(|| format!("path {p:?}"))
 }
 
-fn mount_overlay(spec: &ContainerSpec, target: &Path) -> SetupResult<()> {
+/// Where idmapped views of the image layers are attached while the overlay is mounted
+/// (in the container's mount namespace only; gone with the old root after pivot_root).
+const IDMAPPED_LAYERS: &str = "idmapped-layers";
+
+/// An idmapped view of each layer, so the image's files owned by host root appear as the
+/// container's root inside the user namespace; returns their paths, in order.
+fn idmapped_layers(
+    layers: &[PathBuf],
+    userns: &File,
+    state_dir: &Path,
+) -> SetupResult<Vec<PathBuf>> {
+    let staging = state_dir.join(IDMAPPED_LAYERS);
+    std::fs::create_dir_all(&staging).context(|| format!("creating {staging:?}"))?;
+    mount(
+        Some("tmpfs"),
+        &staging,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=700,size=64k"),
+    )
+    .context(|| format!("mounting a tmpfs on {staging:?}"))?;
+    let attr = MountAttr {
+        attr_set: libc::MOUNT_ATTR_IDMAP,
+        userns_fd: userns.as_raw_fd() as u64,
+        ..MountAttr::default()
+    };
+    layers
+        .iter()
+        .enumerate()
+        .map(|(i, layer)| {
+            let fd = clone_tree(layer, false)?;
+            set_tree_attr(&fd, &attr, false).context(|| format!("idmapping layer {layer:?}"))?;
+            let at = staging.join(i.to_string());
+            std::fs::create_dir(&at).context(|| format!("creating {at:?}"))?;
+            move_tree(&fd, &at).context(|| format!("attaching layer {layer:?} at {at:?}"))?;
+            Ok(at)
+        })
+        .collect()
+}
+
+fn mount_overlay(lower: &[PathBuf], spec: &ContainerSpec, target: &Path) -> SetupResult<()> {
     let r = &spec.rootfs;
     let join = |paths: &[PathBuf]| {
         paths
@@ -285,7 +386,7 @@ fn mount_overlay(spec: &ContainerSpec, target: &Path) -> SetupResult<()> {
             .collect::<Vec<_>>()
             .join(":")
     };
-    for p in r.lower.iter().chain([&r.upper, &r.work]) {
+    for p in lower.iter().chain([&r.upper, &r.work]) {
         let s = p.to_string_lossy();
         if s.contains([':', ',']) {
             return Err(format!("overlay path {p:?} contains ':' or ','"));
@@ -293,7 +394,7 @@ fn mount_overlay(spec: &ContainerSpec, target: &Path) -> SetupResult<()> {
     }
     let options = format!(
         "lowerdir={},upperdir={},workdir={}",
-        join(&r.lower),
+        join(lower),
         r.upper.display(),
         r.work.display()
     );
@@ -427,17 +528,7 @@ fn attach_bind(m: &BindMount, fd: &OwnedFd) -> SetupResult<()> {
             .open(dest)
             .context(|| format!("creating mount point {dest:?}"))?;
     }
-    if m.recursive_readonly {
-        // On the detached clone, so the tree is never writable where the container sees it.
-        let rdonly = libc::mount_attr {
-            attr_set: libc::MOUNT_ATTR_RDONLY,
-            attr_clr: 0,
-            propagation: 0,
-            userns_fd: 0,
-        };
-        set_tree_attr(fd, &rdonly)
-            .context(|| format!("making {:?} recursively read-only", m.source))?;
-    }
+    // A recursively read-only clone is read-only already (`open_bind_sources`).
     move_tree(fd, dest).context(|| format!("bind mount {:?} on {dest:?}", m.source))?;
     if m.readonly && !m.recursive_readonly {
         remount_readonly(dest).context(|| format!("making {dest:?} read-only"))?;

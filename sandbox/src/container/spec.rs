@@ -35,6 +35,21 @@ pub struct ContainerSpec {
     /// seccomp and masked paths are set by the caller as for any container.
     #[serde(default)]
     pub privileged: bool,
+    /// The pod's user namespace: the container's mounts are idmapped into it and the
+    /// process joins it once they are made. `None` runs in the host's.
+    #[serde(default)]
+    pub user_namespace: Option<UserNamespace>,
+}
+
+/// A user namespace a container joins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserNamespace {
+    /// The pinned namespace, e.g. `<state>/pods/<id>/ns/user`.
+    pub path: PathBuf,
+    /// The host IDs of the container's root user and group: the owner of its writable
+    /// layer, so files the container creates there belong to it.
+    pub root_uid: u32,
+    pub root_gid: u32,
 }
 
 /// An overlay of read-only image layers under a per-container writable layer.
@@ -374,6 +389,7 @@ mod tests {
             cgroup: None,
             log_path: "/logs/0.log".into(),
             privileged: false,
+            user_namespace: None,
         }
     }
 

@@ -60,8 +60,10 @@ fn namespaces_of(pid: i32) -> Result<Vec<(File, CloneFlags)>, String> {
         ("ipc", CloneFlags::CLONE_NEWIPC),
         ("uts", CloneFlags::CLONE_NEWUTS),
         ("net", CloneFlags::CLONE_NEWNET),
-        // Last: entering it changes our root and cwd.
+        // Entering it changes our root and cwd.
         ("mnt", CloneFlags::CLONE_NEWNS),
+        // Last: inside it we lose the host's privileges over the others.
+        ("user", CloneFlags::CLONE_NEWUSER),
     ] {
         let theirs = format!("/proc/{pid}/ns/{name}");
         let file = File::open(&theirs).map_err(|e| format!("opening {theirs}: {e}"))?;

@@ -9,6 +9,7 @@ pub mod init;
 pub mod namespaces;
 mod spec;
 pub mod sysctl;
+mod userns;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io;
@@ -20,7 +21,7 @@ use meta_store::MetaStore;
 use serde::Serialize;
 
 pub use init::InitProcess;
-pub use spec::{NamespaceMode, NamespaceModes, PodRecord, PodSpec};
+pub use spec::{IdMapping, NamespaceMode, NamespaceModes, PodRecord, PodSpec, UserNamespaceSpec};
 
 use crate::cni::{self, Attachment, CniError, CniInvoker, NetworkReadiness};
 use crate::undo::Undo;
@@ -250,6 +251,7 @@ impl PodManager {
                 .collect(),
             pod_init: (spec.namespaces.pid == NamespaceMode::Pod)
                 .then(|| cgroup::procs_files(&cgroup_dirs)),
+            user_namespace: spec.user_namespace,
         })?;
         pending.pinned()?;
         let t_namespaces = started.elapsed();
@@ -513,6 +515,27 @@ fn validate(spec: &PodSpec) -> Result<(), PodError> {
             return bad(format!(
                 "{kind} namespace mode TARGET is for containers, not pods"
             ));
+        }
+    }
+    if let Some(userns) = &spec.user_namespace {
+        for (kind, mode) in [("network", ns.network), ("PID", ns.pid), ("IPC", ns.ipc)] {
+            if mode == NamespaceMode::Node {
+                return bad(format!(
+                    "a pod with its own user namespace cannot use the host's {kind} namespace"
+                ));
+            }
+        }
+        for (what, m) in [("uid", userns.uids), ("gid", userns.gids)] {
+            if m.host_of(0).is_none() {
+                return bad(format!(
+                    "the user namespace's {what} mapping must map container ID 0"
+                ));
+            }
+            if m.host_id.checked_add(m.length).is_none() {
+                return bad(format!(
+                    "the user namespace's {what} mapping runs past the largest host ID"
+                ));
+            }
         }
     }
     files::validate_hostname(&spec.hostname).map_err(PodError::InvalidArgument)?;

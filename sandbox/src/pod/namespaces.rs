@@ -17,10 +17,11 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
 
 use super::init::{self, InitProcess};
-use super::sysctl;
+use super::spec::UserNamespaceSpec;
+use super::{sysctl, userns};
 
 /// The namespace kinds a pod may pin, in the order they are created.
-pub const KINDS: [&str; 4] = ["net", "uts", "ipc", "pid"];
+pub const KINDS: [&str; 5] = ["user", "net", "uts", "ipc", "pid"];
 
 /// What to create for a pod.
 #[derive(Debug, Clone)]
@@ -34,6 +35,8 @@ pub struct NamespacePlan {
     pub sysctls: Vec<(String, String)>,
     /// Start a pod init in a new PID namespace, joining these `cgroup.procs` files.
     pub pod_init: Option<Vec<PathBuf>>,
+    /// A user namespace of the pod's own, owning the network, UTS and IPC namespaces.
+    pub user_namespace: Option<UserNamespaceSpec>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,15 +159,30 @@ fn pin_own_namespaces(plan: &NamespacePlan) -> Result<(), NamespaceError> {
         return Ok(()); // all host namespaces: nothing to pin
     }
     make_private_dir(&plan.dir)?;
-    let mut flags = CloneFlags::empty();
-    if plan.network {
-        flags |= CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS;
-    }
-    if plan.ipc {
-        flags |= CloneFlags::CLONE_NEWIPC;
-    }
-    if !flags.is_empty() {
-        unshare(flags).map_err(sys("unsharing the pod namespaces"))?;
+    let own = [
+        ("net", CloneFlags::CLONE_NEWNET, plan.network),
+        ("uts", CloneFlags::CLONE_NEWUTS, plan.network),
+        ("ipc", CloneFlags::CLONE_NEWIPC, plan.ipc),
+    ];
+    if let Some(user) = &plan.user_namespace {
+        // Made and pinned by a holder process; this thread joins them to set them up.
+        let kinds: Vec<&str> = own.iter().filter(|k| k.2).map(|k| k.0).collect();
+        userns::create_pinned(&plan.dir, user, &kinds)?;
+        for (kind, flag, _) in own.iter().filter(|k| k.2) {
+            let path = pin_path(&plan.dir, kind);
+            let file =
+                std::fs::File::open(&path).map_err(sys(format!("opening {}", path.display())))?;
+            nix::sched::setns(file, *flag)
+                .map_err(sys(format!("joining the pod's {kind} namespace")))?;
+        }
+    } else {
+        let flags = own
+            .iter()
+            .filter(|k| k.2)
+            .fold(CloneFlags::empty(), |f, k| f | k.1);
+        if !flags.is_empty() {
+            unshare(flags).map_err(sys("unsharing the pod namespaces"))?;
+        }
     }
     if plan.network {
         if !plan.hostname.is_empty() {
@@ -175,12 +193,10 @@ fn pin_own_namespaces(plan: &NamespacePlan) -> Result<(), NamespaceError> {
     for (name, value) in &plan.sysctls {
         sysctl::apply(name, value).map_err(NamespaceError::Sysctl)?;
     }
-    let own = [
-        ("net", plan.network),
-        ("uts", plan.network),
-        ("ipc", plan.ipc),
-    ];
-    for (kind, wanted) in own {
+    if plan.user_namespace.is_some() {
+        return Ok(()); // pinned already
+    }
+    for (kind, _, wanted) in own {
         if wanted {
             pin(
                 &format!("/proc/thread-self/ns/{kind}"),
@@ -206,7 +222,7 @@ fn make_private_dir(dir: &Path) -> Result<(), NamespaceError> {
     .map_err(sys(format!("making {} private", dir.display())))
 }
 
-fn pin(source: &str, target: &Path) -> Result<(), NamespaceError> {
+pub(super) fn pin(source: &str, target: &Path) -> Result<(), NamespaceError> {
     std::fs::File::create(target).map_err(sys(format!("creating {}", target.display())))?;
     mount(
         Some(source),

@@ -25,6 +25,36 @@ pub enum NamespaceMode {
     Target,
 }
 
+/// One contiguous range of IDs: `container_id..container_id+length` inside the user
+/// namespace is `host_id..host_id+length` outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMapping {
+    pub container_id: u32,
+    pub host_id: u32,
+    pub length: u32,
+}
+
+impl IdMapping {
+    /// The line for `/proc/<pid>/uid_map` or `gid_map`.
+    pub fn map_line(&self) -> String {
+        format!("{} {} {}\n", self.container_id, self.host_id, self.length)
+    }
+
+    /// The host ID of `id` inside, if the range maps it.
+    pub fn host_of(&self, id: u32) -> Option<u32> {
+        let offset = id.checked_sub(self.container_id)?;
+        (offset < self.length).then(|| self.host_id.checked_add(offset))?
+    }
+}
+
+/// A pod's own user namespace (CRI `NamespaceMode::POD` for users): the pod's network, UTS
+/// and IPC namespaces belong to it, and its containers run in it with idmapped mounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserNamespaceSpec {
+    pub uids: IdMapping,
+    pub gids: IdMapping,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NamespaceModes {
     pub network: NamespaceMode,
@@ -51,6 +81,9 @@ pub struct PodSpec {
     pub sysctls: BTreeMap<String, String>,
     pub runtime_handler: String,
     pub privileged: bool,
+    /// A user namespace of the pod's own; `None` is the host's.
+    #[serde(default)]
+    pub user_namespace: Option<UserNamespaceSpec>,
 }
 
 impl PodSpec {
@@ -85,4 +118,28 @@ pub struct PodRecord {
 impl meta_store::Record for PodRecord {
     const TABLE: &'static str = "pods";
     const VERSION: u32 = 1;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_mappings_translate_inside_ids() {
+        let m = IdMapping {
+            container_id: 0,
+            host_id: 1000,
+            length: 10,
+        };
+        assert_eq!(m.map_line(), "0 1000 10\n");
+        assert_eq!(m.host_of(0), Some(1000));
+        assert_eq!(m.host_of(9), Some(1009));
+        assert_eq!(m.host_of(10), None);
+        let shifted = IdMapping {
+            container_id: 5,
+            ..m
+        };
+        assert_eq!(shifted.host_of(0), None);
+        assert_eq!(shifted.host_of(5), Some(1000));
+    }
 }
