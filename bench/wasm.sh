@@ -62,6 +62,8 @@ for rt in $RUNTIMES; do
         continue
     fi
     version=$(crictl -r "$CT_ENDPOINT" version 2>/dev/null | awk -F':[ ]*' '$1 == "RuntimeVersion" {print $2}')
+    # Which build: the repo's HEAD and the binary's mtime (a build may lag behind HEAD).
+    [[ $rt != berth ]] || version+=" (HEAD $(git -C "$CT_REPO" rev-parse --short HEAD), binary built $(date -u -r "$BERTH_BIN" +%H:%M:%SZ))"
     rm -rf "$CT_RUN/work"
     ct_log "$rt: bench/wasm_bench.py (load $(cut -d' ' -f1-3 /proc/loadavg))"
     rc=0
@@ -74,6 +76,11 @@ p, v = sys.argv[1], sys.argv[2]
 d = json.load(open(p)); d["version"] = v
 json.dump(d, open(p, "w"), indent=1)
 EOF
+    # Every run is kept for the spread table in RESULTS.md.
+    if [[ -s $out ]]; then
+        mkdir -p "$BENCH/results/wasm/runs"
+        cp "$out" "$BENCH/results/wasm/runs/$(jq -r .date "$out")-$rt.json"
+    fi
     ct_runtime_stop
     ct_cleanup_host
     rm -rf "$CT_RUN/work"

@@ -5,6 +5,7 @@ bench/run.sh calls this after report.py so a critest benchmark run keeps the sec
 A metric that was not measured is n/a with the reason, never a number.
 """
 
+import glob
 import json
 import os
 import sys
@@ -48,6 +49,31 @@ def met(v, target):
 
 
 KIB = 1 / 1024.0  # kB -> MiB
+
+
+def runs_table():
+    """Key figures of every kept run (results/wasm/runs/), to show the spread on this shared VM."""
+    files = sorted(glob.glob(os.path.join(RESULTS, "runs", "*.json")))
+    if not files:
+        return []
+    out = ["", "Every kept run (`bench/results/wasm/runs/`), key figures; the load average moves them:", "",
+           "| run | runtime | load average at start | first log line warm / cold / native (ms) | "
+           "PSS per wasm container (MiB) | monitor VmRSS (MiB) | ListContainers at N (ms) | create+start N (s) |",
+           "|---|---|---|---|---|---|---|---|"]
+    for f in files:
+        d = json.load(open(f))
+        rt = d.get("runtime", "?")
+        warm = fmt(get(d, "first-line-wasm-warm", "total_ms")) if rt == "berth" else "-"
+        cold = fmt(get(d, "first-line-wasm-cold", "total_ms")) if rt == "berth" else "-"
+        native = fmt(get(d, "first-line-native", "total_ms"))
+        mem = fmt(get(d, "memory-wasm", "per_container_pss_kb", KIB)) if rt == "berth" else "-"
+        mon = fmt(get(d, "memory-native", "monitor_rss_kb_avg" if rt == "berth" else "shim_rss_kb", KIB))
+        sc = d.get("results", {}).get("scale") or {}
+        lst = f"{sc['list_ms_median']:.2f} at {sc['running']}" if sc else "n/a"
+        cr = f"{sc['create_s']:.1f} for {sc['created']}" if sc else "n/a"
+        out.append(f"| {d.get('date', '?')} | {rt} {d.get('version', '')} | {d.get('loadavg_start', '?')} | "
+                   f"{warm} / {cold} / {native} | {mem} | {mon} | {lst} | {cr} |")
+    return out
 
 
 def section(b, c):
@@ -150,6 +176,7 @@ def section(b, c):
                             + ", ".join(f"{p['containers']}: {p['elapsed_s']}, {p['list_ms_median']}, "
                                         f"{p['mem_used_mib']}" for p in s["checkpoints"]) + "."
                             if s.get("checkpoints") else ""))
+    lines += runs_table()
     lines += ["", "### Targets for berth (Wasm and monitor)", "",
               "| metric | target | berth | met |", "|---|---|---|---|"]
     at_scale = get(b, "scale", "pss_per_container_mib")
