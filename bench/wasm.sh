@@ -18,11 +18,11 @@
 #     capped at --scale-seconds and at 3 GiB MemAvailable, all removed afterwards
 # The runtimes run on private sockets and dirs (/run/berth-bench-wasm, /var/lib/berth-bench-wasm)
 # with critest/lib.sh's start/stop code; everything is removed on exit, also on failure.
-# Raw results: bench/results/wasm/<runtime>.json.
+# Raw results: bench/results/wasm/<runtime>.json (and runs/), daemon logs in bench/out/logs/.
 set -euo pipefail
 
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-export CT_RUN=/run/berth-bench-wasm CT_LIB=/var/lib/berth-bench-wasm
+export CT_RUN=/run/berth-bench-wasm CT_LIB=/var/lib/berth-bench-wasm CT_LOGS=$BENCH/out/logs
 # shellcheck source=critest/lib.sh
 source "$BENCH/../critest/lib.sh"
 
