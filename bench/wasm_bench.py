@@ -308,7 +308,10 @@ def idle_memory(cri, runtime, label, image, command, n, wait_text):
         rows.append({"pid": pid, "parent": parent, "parent_cmd": cmdline(parent)[:120],
                      "runtime": info.get("runtime", "native"),
                      "ctr_pss_kb": pss_kb(pid), "ctr_rss_kb": rss_kb(pid),
-                     "parent_pss_kb": pss_kb(parent), "parent_rss_kb": rss_kb(parent)})
+                     "parent_pss_kb": pss_kb(parent), "parent_rss_kb": rss_kb(parent),
+                     "parent_rss_anon_kb": proc_kb(parent, "status", "RssAnon"),
+                     "parent_rss_file_kb": proc_kb(parent, "status", "RssFile"),
+                     "parent_rss_shmem_kb": proc_kb(parent, "status", "RssShmem")})
     parents = {r["parent"] for r in rows}
     out = {"containers": n, "rows": rows, "distinct_parents": len(parents),
            "ctr_pss_kb_avg": statistics.mean(r["ctr_pss_kb"] for r in rows),
@@ -319,6 +322,10 @@ def idle_memory(cri, runtime, label, image, command, n, wait_text):
             raise RuntimeError(f"{label}: parent of pid {bad[0]['pid']} is not a monitor: {bad[0]['parent_cmd']}")
         out["monitor_pss_kb_avg"] = statistics.mean(r["parent_pss_kb"] for r in rows)
         out["monitor_rss_kb_avg"] = statistics.mean(r["parent_rss_kb"] for r in rows)
+        # VmRSS = anonymous + file-backed (libc, ...) + shmem (the sealed memfd copy of berth
+        # the monitor runs from, shared by all monitors).
+        for part in ("anon", "file", "shmem"):
+            out[f"monitor_rss_{part}_kb_avg"] = statistics.mean(r[f"parent_rss_{part}_kb"] for r in rows)
         out["per_container_pss_kb"] = out["ctr_pss_kb_avg"] + out["monitor_pss_kb_avg"]
     else:
         # One containerd-shim-runc-v2 per pod serves all its containers (and the pause

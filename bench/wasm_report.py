@@ -135,6 +135,10 @@ def section(b, c):
     mon_rss = get(b, "memory-native", "monitor_rss_kb_avg", KIB)
     row("monitor RSS per container, VmRSS (MiB) [containerd: containerd-shim-runc-v2 per pod]",
         mon_rss, get(c, "memory-native", "shim_rss_kb", KIB))
+    parts = [get(b, "memory-native", f"monitor_rss_{k}_kb_avg", KIB) for k in ("anon", "file", "shmem")]
+    row("  monitor VmRSS = anon + file + shmem (MiB) [shmem: the sealed memfd copy of berth, shared]",
+        " + ".join(fmt(v) for v in parts) if all(isinstance(v, float) for v in parts) else
+        "n/a (not measured in this run)", "-")
     row("monitor PSS per container (MiB) [containerd: containerd-shim-runc-v2 per pod]",
         get(b, "memory-native", "monitor_pss_kb_avg", KIB), get(c, "memory-native", "shim_pss_kb", KIB))
     row("monitor VmRSS of wasm containers (MiB)", get(b, "memory-wasm", "monitor_rss_kb_avg", KIB),
