@@ -543,3 +543,32 @@ async fn wasm_guest_runs_in_a_pod_user_namespace() {
     assert!(log.contains("hello from wasm userns"), "{log}");
     remove_pod(&mut rt, &pod_id).await;
 }
+
+/// Namespaced sysctls apply in a pod with a user namespace, network and IPC ones alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn sysctls_apply_in_a_user_namespace_pod() {
+    let d = daemon();
+    pull(&d).await;
+    let logs = tempfile::tempdir().unwrap();
+    let ns = userns_options(cri::NamespaceMode::Pod, &[(0, 1000)]);
+    let mut pod = with_namespaces(pod_config("userns-sysctl", logs.path()), ns);
+    pod.linux.as_mut().unwrap().sysctls = [
+        ("net.ipv4.ip_forward".to_string(), "1".to_string()),
+        ("kernel.shm_rmid_forced".to_string(), "1".to_string()),
+    ]
+    .into();
+    let mut rt = d.runtime().await;
+    let pod_id = run_pod(&mut rt, &pod).await;
+    let id = create(&mut rt, &pod_id, &pod, container_config("sysctl", vec![]))
+        .await
+        .unwrap();
+    start(&mut rt, &id).await;
+    let (out, _) = sh(
+        &mut rt,
+        &id,
+        "cat /proc/sys/net/ipv4/ip_forward /proc/sys/kernel/shm_rmid_forced",
+    )
+    .await;
+    assert_eq!(out, "1\n1\n");
+    remove_pod(&mut rt, &pod_id).await;
+}

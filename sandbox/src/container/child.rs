@@ -4,8 +4,14 @@
 //!
 //! Order: namespaces and cgroup, bind sources opened on the host, the rootfs overlay,
 //! pivot_root, system mounts, bind mounts, masked and read-only paths, hostname, cwd,
-//! executable lookup, rlimits, bounding set, uid/gid, capabilities, no_new_privs, seccomp.
-//! The fd sweep and execve come last, after the start gate.
+//! executable lookup, the pod's user namespace, rlimits, bounding set, uid/gid,
+//! capabilities, no_new_privs, seccomp. The fd sweep and execve come last, after the start
+//! gate.
+//!
+//! With a user namespace, everything up to joining it runs with the host's privileges in a
+//! mount namespace the host's user namespace owns (so the container can never unmount
+//! what hides the host); the layers, volumes and pod files are idmapped into the user
+//! namespace, so files of host root are its root's.
 
 use std::ffi::CString;
 use std::fs::File;

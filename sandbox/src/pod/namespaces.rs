@@ -7,6 +7,10 @@
 //! it then unshares CLONE_NEWPID, starts the pod init (PID 1 there) and pins its PID
 //! namespace. The thread ends; the bind mounts keep the namespaces alive.
 //!
+//! With a user namespace of the pod's own, a holder process creates it together with the
+//! network, UTS and IPC namespaces it owns (`userns`); the thread joins those instead of
+//! unsharing its own.
+//!
 //! The pin directory is bound onto itself and made private, so the pins never propagate
 //! into other mount namespaces.
 
@@ -191,7 +195,15 @@ fn pin_own_namespaces(plan: &NamespacePlan) -> Result<(), NamespaceError> {
         loopback_up().map_err(sys("bringing lo up"))?;
     }
     for (name, value) in &plan.sysctls {
-        sysctl::apply(name, value).map_err(NamespaceError::Sysctl)?;
+        let apply = || sysctl::apply(name, value).map_err(NamespaceError::Sysctl);
+        let ipc = matches!(sysctl::namespace_of(name), Ok(sysctl::SysctlNamespace::Ipc));
+        match plan.user_namespace.and_then(|u| u.uids.host_of(0)) {
+            // The IPC sysctls of an IPC namespace owned by a user namespace are writable
+            // by that namespace's root only (the kernel checks the euid, where network
+            // sysctls check CAP_NET_ADMIN).
+            Some(root) if ipc => userns::as_euid(root, apply)?,
+            _ => apply()?,
+        }
     }
     if plan.user_namespace.is_some() {
         return Ok(()); // pinned already

@@ -55,7 +55,8 @@ pub fn validate(
     Ok(ns)
 }
 
-fn namespace_of(name: &str) -> Result<SysctlNamespace, String> {
+/// The namespace a sysctl belongs to; an error for malformed or non-namespaced names.
+pub fn namespace_of(name: &str) -> Result<SysctlNamespace, String> {
     let well_formed = !name.is_empty()
         && name.len() <= 256
         && name.split('.').all(|seg| {

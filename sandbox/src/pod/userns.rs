@@ -101,3 +101,34 @@ fn clone_holder(flags: libc::c_int, read: &OwnedFd, write: &OwnedFd) -> io::Resu
     }
     Ok(pid as libc::pid_t)
 }
+
+/// Runs `f` with the calling thread's effective uid set to `uid`, then back to 0. The raw
+/// syscall changes this thread only (glibc's setresuid would change every thread); the
+/// effective capabilities it drops come back with euid 0.
+pub(super) fn as_euid<T>(
+    uid: u32,
+    f: impl FnOnce() -> Result<T, NamespaceError>,
+) -> Result<T, NamespaceError> {
+    let set = |euid: libc::uid_t, what: &str| {
+        // SAFETY: setresuid with plain integers; -1 keeps the real and saved uids.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_setresuid,
+                libc::uid_t::MAX,
+                euid,
+                libc::uid_t::MAX,
+            )
+        };
+        if rc != 0 {
+            return Err(NamespaceError::Sys {
+                what: what.to_string(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    };
+    set(uid, "taking the user namespace root's uid")?;
+    let result = f();
+    set(0, "returning to uid 0")?;
+    result
+}
