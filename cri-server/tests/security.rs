@@ -357,6 +357,18 @@ async fn pod_user_namespace_maps_ids_and_idmaps_rootfs_and_volumes() {
     let pod = with_namespaces(pod_config("userns", logs.path()), ns.clone());
     let mut rt = d.runtime().await;
     let pod_id = run_pod(&mut rt, &pod).await;
+    let status = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    let reported = status.linux.unwrap().namespaces.unwrap().options.unwrap();
+    assert_eq!(reported.userns_options, ns.userns_options);
 
     // As critest asks: the container repeats the pod's options.
     let mut cfg = container_config(
@@ -396,7 +408,19 @@ async fn pod_user_namespace_maps_ids_and_idmaps_rootfs_and_volumes() {
         .as_mut()
         .unwrap()
         .namespace_options = Some(other);
-    for (bad, says) in [(outside, "uid 200000"), (differs, "differ")] {
+    let mut host = cfg.clone();
+    host.linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .namespace_options = Some(userns_options(cri::NamespaceMode::Node, &[]));
+    for (bad, says) in [
+        (outside, "uid 200000"),
+        (differs, "differ"),
+        (host, "differ"),
+    ] {
         let err = create(&mut rt, &pod_id, &pod, bad).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
         assert!(err.message().contains(says), "{err:?}");

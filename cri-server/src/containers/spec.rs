@@ -217,7 +217,7 @@ fn user_namespace(
     let pod_userns = pod.record.spec.user_namespace;
     if let Some(asked) = asked {
         let asked = crate::runtime::sandbox_run::user_namespace(Some(asked))?;
-        if asked.is_some() && asked != pod_userns {
+        if asked != pod_userns {
             return Err(invalid(
                 "the container's user namespace options differ from its pod's: containers \
                  share the pod's user namespace",

@@ -97,6 +97,26 @@ pub(crate) fn user_namespace(
     }
 }
 
+/// The pod's user namespace as PodSandboxStatus reports it (none: the host's).
+pub(crate) fn user_namespace_to_cri(userns: Option<UserNamespaceSpec>) -> cri::UserNamespace {
+    let mapping = |m: IdMapping| cri::IdMapping {
+        container_id: m.container_id,
+        host_id: m.host_id,
+        length: m.length,
+    };
+    match userns {
+        None => cri::UserNamespace {
+            mode: cri::NamespaceMode::Node as i32,
+            ..Default::default()
+        },
+        Some(u) => cri::UserNamespace {
+            mode: cri::NamespaceMode::Pod as i32,
+            uids: vec![mapping(u.uids)],
+            gids: vec![mapping(u.gids)],
+        },
+    }
+}
+
 fn single_mapping(what: &str, mappings: &[cri::IdMapping]) -> CriResult<IdMapping> {
     let [m] = mappings else {
         return Err(CriError::InvalidArgument(format!(
@@ -191,10 +211,11 @@ mod tests {
         use cri::NamespaceMode::*;
         assert_eq!(user_namespace(None).unwrap(), None);
         assert_eq!(user_namespace(Some(&opts(Node, vec![]))).unwrap(), None);
-        let spec = user_namespace(Some(&opts(Pod, vec![range(0, 1000)])))
-            .unwrap()
-            .unwrap();
+        let pod = opts(Pod, vec![range(0, 1000)]);
+        let spec = user_namespace(Some(&pod)).unwrap().unwrap();
         assert_eq!(spec.uids.host_of(0), Some(1000));
+        assert_eq!(user_namespace_to_cri(Some(spec)), pod);
+        assert_eq!(user_namespace_to_cri(None), opts(Node, vec![]));
         for (bad, says) in [
             (
                 opts(Pod, vec![range(0, 1000), range(0, 2000)]),

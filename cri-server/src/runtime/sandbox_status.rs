@@ -73,7 +73,9 @@ fn to_cri_status(view: &PodView) -> cri::PodSandboxStatus {
                     pid: mode_to_cri(spec.namespaces.pid),
                     ipc: mode_to_cri(spec.namespaces.ipc),
                     target_id: String::new(),
-                    userns_options: None,
+                    userns_options: Some(super::sandbox_run::user_namespace_to_cri(
+                        spec.user_namespace,
+                    )),
                 }),
             }),
         }),
