@@ -112,10 +112,14 @@ pub(crate) fn setup_container(
     let userns = spec
         .user_namespace
         .as_ref()
-        .map(|u| File::open(&u.path).context(|| format!("opening user namespace {:?}", u.path)))
+        .map(|u| {
+            File::open(&u.path)
+                .map(|ns| (u, ns))
+                .context(|| format!("opening user namespace {:?}", u.path))
+        })
         .transpose()?;
 
-    let binds = open_bind_sources(spec, userns.as_ref())?;
+    let binds = open_bind_sources(spec, userns.as_ref().map(|(_, ns)| ns))?;
     let passed = open_pass_files(&spec.process)?;
     // Our mounts must not leak to the host, and pivot_root refuses shared mounts. Volumes
     // that propagate (rslave/rshared) were cloned above while still peers of the host's.
@@ -128,8 +132,8 @@ pub(crate) fn setup_container(
     )
     .context(|| "making / a slave mount".into())?;
     let rootfs = state_dir.join(super::state::ROOTFS);
-    match (&spec.user_namespace, &userns) {
-        (Some(user), Some(ns)) => {
+    match &userns {
+        Some((user, ns)) => {
             let lower = idmapped_layers(&spec.rootfs.lower, ns, state_dir)?;
             let upper = &spec.rootfs.upper;
             std::fs::create_dir_all(upper).context(|| format!("creating {upper:?}"))?;
@@ -138,7 +142,7 @@ pub(crate) fn setup_container(
                 .context(|| format!("chown {upper:?} to the container's root"))?;
             mount_overlay(&lower, spec, &rootfs)?;
         }
-        _ => mount_overlay(&spec.rootfs.lower, spec, &rootfs)?,
+        None => mount_overlay(&spec.rootfs.lower, spec, &rootfs)?,
     }
     pivot_into(&rootfs)?;
 
@@ -170,7 +174,7 @@ pub(crate) fn setup_container(
     if spec.namespaces.cgroup == Namespace::New {
         unshare(CloneFlags::CLONE_NEWCGROUP).context(|| "creating the cgroup namespace".into())?;
     }
-    if let Some(ns) = &userns {
+    if let Some((_, ns)) = &userns {
         setns(ns, CloneFlags::CLONE_NEWUSER)
             .context(|| "joining the pod's user namespace".into())?;
     }
