@@ -153,7 +153,7 @@ def section(b, c):
     b_list = get(b, "scale", "list_ms_median")
     row("1000 idle wasm containers: ListContainers median at that scale (ms)", b_list,
         get(c, "scale", "list_ms_median"))
-    row("1000 idle wasm containers: memory used, free -m after - before (MiB)",
+    row("1000 idle wasm containers: memory used, free -m after - before (MiB; noisy: moves with other work on the machine, see PSS below)",
         get(b, "scale", "mem_delta_mib"), get(c, "scale", "mem_delta_mib"), 0)
     row("1000 idle wasm containers: PSS per container at that scale, container + monitor/shim (MiB)",
         get(b, "scale", "pss_per_container_mib"), get(c, "scale", "pss_per_container_mib"))
