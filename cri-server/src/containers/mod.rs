@@ -95,6 +95,19 @@ pub struct Containers {
     pub cpu_rates: stats::CpuRates,
     /// Precompiled Wasm modules, shared by all containers and kept across restarts.
     pub wasm_cache: wasm_exec::CompileCache,
+    /// What `state` learned that cannot change any more, per container.
+    settled: Mutex<HashMap<String, Settled>>,
+}
+
+/// A container's state once it cannot change back: running since (until the process is
+/// gone), or exited with.
+#[derive(Clone)]
+enum Settled {
+    Running {
+        process: ctr::state::ProcessId,
+        started_at_ns: i64,
+    },
+    Exited(ctr::state::ExitRecord),
 }
 
 impl Containers {
@@ -134,6 +147,7 @@ impl Containers {
             events,
             cpu_rates: stats::CpuRates::default(),
             wasm_cache,
+            settled: Mutex::new(HashMap::new()),
         })
     }
 
@@ -243,21 +257,54 @@ impl Containers {
             .collect()
     }
 
-    /// The container's state from its monitor's records. Blocking file reads, small.
+    /// The container's state from its monitor's records. Facts that can no longer change
+    /// (running since, exited with) are remembered, so listing a thousand containers costs
+    /// one /proc read per running container instead of three file reads.
     pub fn state(&self, rec: &ContainerRecord) -> ContainerState {
-        match ctr::state(&rec.dir) {
+        let settled = self.settled.lock().expect("settled lock").get(&rec.id).cloned();
+        match settled {
+            Some(Settled::Exited(exit)) => return ContainerState::Exited(exit),
+            Some(Settled::Running { process, started_at_ns }) if process.is_alive() => {
+                return ContainerState::Running {
+                    pid: process.pid,
+                    started_at_ns,
+                };
+            }
+            _ => {}
+        }
+        let state = match ctr::state(&rec.dir) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(container = %rec.id, error = %e, "container state unreadable");
-                ContainerState::Exited(ctr::state::ExitRecord {
+                return ContainerState::Exited(ctr::state::ExitRecord {
                     exit_code: 255,
                     signal: None,
                     finished_at_ns: 0,
                     oom_killed: false,
                     message: Some(format!("berth cannot read the container's state: {e}")),
-                })
+                });
             }
+        };
+        let settled = match &state {
+            ContainerState::Exited(exit) => Some(Settled::Exited(exit.clone())),
+            ContainerState::Running { started_at_ns, .. } => {
+                ctr::state::read_json::<ctr::state::ProcessId>(&rec.dir, ctr::state::PID)
+                    .ok()
+                    .flatten()
+                    .map(|process| Settled::Running {
+                        process,
+                        started_at_ns: *started_at_ns,
+                    })
+            }
+            ContainerState::Created { .. } => None,
+        };
+        if let Some(settled) = settled {
+            self.settled
+                .lock()
+                .expect("settled lock")
+                .insert(rec.id.clone(), settled);
         }
+        state
     }
 
     /// When the container's process began running, from the monitor's record; 0 if never.
@@ -347,6 +394,7 @@ impl Containers {
             .expect("names lock")
             .remove(&rec.reserved_name);
         self.cpu_rates.forget(&rec.id);
+        self.settled.lock().expect("settled lock").remove(&rec.id);
         self.emit(rec, cri::ContainerEventType::ContainerDeletedEvent);
         Ok(())
     }
