@@ -261,10 +261,18 @@ impl Containers {
     /// (running since, exited with) are remembered, so listing a thousand containers costs
     /// one /proc read per running container instead of three file reads.
     pub fn state(&self, rec: &ContainerRecord) -> ContainerState {
-        let settled = self.settled.lock().expect("settled lock").get(&rec.id).cloned();
+        let settled = self
+            .settled
+            .lock()
+            .expect("settled lock")
+            .get(&rec.id)
+            .cloned();
         match settled {
             Some(Settled::Exited(exit)) => return ContainerState::Exited(exit),
-            Some(Settled::Running { process, started_at_ns }) if process.is_alive() => {
+            Some(Settled::Running {
+                process,
+                started_at_ns,
+            }) if process.is_alive() => {
                 return ContainerState::Running {
                     pid: process.pid,
                     started_at_ns,
