@@ -60,6 +60,9 @@ pub struct ContainerRecord {
     /// The image layers it runs on, kept from garbage collection while it exists.
     #[serde(default)]
     pub layer_chain_ids: Vec<String>,
+    /// Security settings asked for but not applied on this host, said aloud.
+    #[serde(default)]
+    pub not_applied: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

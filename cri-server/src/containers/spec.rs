@@ -74,6 +74,51 @@ pub struct BuiltSpec {
     pub user: ResolvedUser,
     /// The log path as reported (empty when the request named none).
     pub log_path: String,
+    /// An AppArmor profile that was asked for but not applied (the host has none).
+    pub apparmor_not_applied: Option<String>,
+}
+
+/// The AppArmor profile a container asks for, if any besides unconfined.
+// The deprecated `apparmor_profile` is still what older kubelets send.
+#[allow(deprecated)]
+fn apparmor_request(sc: Option<&cri::LinuxContainerSecurityContext>) -> Option<String> {
+    use cri::security_profile::ProfileType;
+    let sc = sc?;
+    if let Some(p) = &sc.apparmor {
+        return match ProfileType::try_from(p.profile_type) {
+            Ok(ProfileType::Unconfined) => None,
+            Ok(ProfileType::Localhost) => Some(format!("localhost/{}", p.localhost_ref)),
+            _ => Some("runtime/default".into()),
+        };
+    }
+    match sc.apparmor_profile.as_str() {
+        "" | "unconfined" => None,
+        other => Some(other.to_string()),
+    }
+}
+
+/// Whether the kernel enforces AppArmor here.
+fn host_has_apparmor() -> bool {
+    std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|v| v.starts_with('Y'))
+}
+
+/// AppArmor: berth loads no profiles. On a host without AppArmor a requested profile is
+/// accepted and reported as not applied (as containerd does there); on a host that has
+/// AppArmor, running unconfined while a profile was asked for would be a silent
+/// downgrade, so it is refused.
+fn apparmor(sc: Option<&cri::LinuxContainerSecurityContext>) -> Result<Option<String>, CriError> {
+    let Some(profile) = apparmor_request(sc) else {
+        return Ok(None);
+    };
+    if host_has_apparmor() {
+        return Err(CriError::FailedPrecondition(format!(
+            "AppArmor profile {profile:?} requested, but berth does not apply AppArmor profiles"
+        )));
+    }
+    Ok(Some(format!(
+        "AppArmor profile {profile:?} not applied: AppArmor is not enabled on this host"
+    )))
 }
 
 fn invalid(msg: impl Into<String>) -> CriError {
@@ -516,6 +561,7 @@ pub fn build(
         spec,
         user,
         log_path,
+        apparmor_not_applied: apparmor(sc)?,
     })
 }
 
@@ -723,6 +769,33 @@ mod tests {
             ..mount(false, PropagationBidirectional)
         };
         check_recursive_read_only(&plain).unwrap();
+    }
+
+    #[test]
+    fn apparmor_profiles_are_reported_where_the_host_has_none() {
+        use cri::security_profile::ProfileType;
+        let with = |t: ProfileType, r: &str| cri::LinuxContainerSecurityContext {
+            apparmor: Some(cri::SecurityProfile {
+                profile_type: t as i32,
+                localhost_ref: r.into(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(apparmor_request(None), None);
+        assert_eq!(
+            apparmor_request(Some(&with(ProfileType::Unconfined, ""))),
+            None
+        );
+        assert_eq!(
+            apparmor_request(Some(&with(ProfileType::Localhost, "deny-write"))).as_deref(),
+            Some("localhost/deny-write")
+        );
+        let sc = with(ProfileType::RuntimeDefault, "");
+        match (host_has_apparmor(), apparmor(Some(&sc))) {
+            (false, Ok(Some(msg))) => assert!(msg.contains("not applied"), "{msg}"),
+            (true, Err(CriError::FailedPrecondition(_))) => {}
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

@@ -206,6 +206,7 @@ pub async fn create_container(
         wasm: wasm_plan.is_some(),
         runtime_reason: decision.reason,
         layer_chain_ids: chain_ids,
+        not_applied: built.apparmor_not_applied.into_iter().collect(),
     };
     let record = match svc.containers.insert(record) {
         Ok(r) => r,
@@ -215,6 +216,9 @@ pub async fn create_container(
         }
     };
     reservation.commit();
+    for what in &record.not_applied {
+        tracing::warn!(container = %record.id, "{what}");
+    }
     svc.containers.emit(
         &record,
         k8s_cri::v1::ContainerEventType::ContainerCreatedEvent,

@@ -46,6 +46,7 @@ pub async fn container_status(
                 "pid": pid,
                 "runtime": if rec.wasm { "wasm" } else { "native" },
                 "runtimeReason": rec.runtime_reason,
+                "notApplied": rec.not_applied,
                 "stateDir": rec.dir,
                 "record": &*rec,
             })
