@@ -62,6 +62,9 @@ impl CriService {
         // survive image removal as well.
         let users = containers.clone();
         images.set_layer_users(Box::new(move || users.layers_in_use()));
+        for rec in containers.list() {
+            containers.watch_exit(rec);
+        }
         let pods = Arc::new(pods);
         let streaming = StreamingServer::start(
             StreamingConfig::new(config.streaming.address.parse()?),

@@ -154,6 +154,13 @@ async fn run_to_completion_with_logs_and_exit_code() {
         logs.path().join("exit3.log").display().to_string()
     );
 
+    let mut events = d
+        .runtime()
+        .await
+        .get_container_events(cri::GetEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     rt.start_container(cri::StartContainerRequest {
         container_id: id.clone(),
     })
@@ -161,6 +168,25 @@ async fn run_to_completion_with_logs_and_exit_code() {
     .unwrap();
     let s = wait_exited(&mut rt, &id).await;
     assert_eq!(s.exit_code, 3);
+    // The kubelet's evented PLEG hears of the start and of the exit, which nobody asked for.
+    let mut seen = Vec::new();
+    while !seen.contains(&(cri::ContainerEventType::ContainerStoppedEvent as i32)) {
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .unwrap_or_else(|_| panic!("no CONTAINER_STOPPED event within 10 s; seen {seen:?}"))
+            .unwrap()
+            .unwrap();
+        if ev.container_id == id {
+            seen.push(ev.container_event_type);
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            cri::ContainerEventType::ContainerStartedEvent as i32,
+            cri::ContainerEventType::ContainerStoppedEvent as i32
+        ]
+    );
     assert_eq!(s.reason, "Error");
     assert!(s.started_at > 0 && s.finished_at >= s.started_at, "{s:?}");
 

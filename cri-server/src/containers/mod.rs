@@ -362,10 +362,41 @@ impl Containers {
         })
         .await
         .map_err(|e| CriError::Internal(e.to_string()))??;
-        if stopped {
-            self.emit(rec, cri::ContainerEventType::ContainerStoppedEvent);
-        }
+        // CONTAINER_STOPPED comes from `watch_exit`, for stops and natural exits alike.
+        let _ = stopped;
         Ok(())
+    }
+
+    /// Emits CONTAINER_STOPPED when the container's monitor exits, which it does once the
+    /// process ended and its exit is recorded: stopped or ended on its own, the kubelet's
+    /// evented PLEG hears of it.
+    pub fn watch_exit(self: &Arc<Self>, rec: Arc<ContainerRecord>) {
+        let Ok(Some(monitor)) =
+            ctr::state::read_json::<ctr::state::ProcessId>(&rec.dir, ctr::state::MONITOR)
+        else {
+            return;
+        };
+        let Ok(fd) = sandbox::monitor::pidfd_open(monitor.pid) else {
+            return;
+        };
+        // Checked after opening: the pidfd then refers to this very monitor.
+        if !monitor.is_alive() {
+            return;
+        }
+        let containers = self.clone();
+        tokio::spawn(async move {
+            // SAFETY: the OwnedFd is ours and stays open for as long as the AsyncFd owns it.
+            let registered = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+            };
+            let Ok(fd) = registered else {
+                return;
+            };
+            let _ = fd.readable().await;
+            if containers.find(&rec.id).is_some() {
+                containers.emit(&rec, cri::ContainerEventType::ContainerStoppedEvent);
+            }
+        });
     }
 
     /// Publishes an event for the kubelet's evented PLEG.

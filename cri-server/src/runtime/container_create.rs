@@ -223,6 +223,7 @@ pub async fn create_container(
         &record,
         k8s_cri::v1::ContainerEventType::ContainerCreatedEvent,
     );
+    svc.containers.watch_exit(record);
     Ok(CreateContainerResponse { container_id: id })
 }
 
