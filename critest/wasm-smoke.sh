@@ -39,7 +39,7 @@ mkdir -p "$WORK/logs"
 OUT=$CT_REPO/critest/out/wasm-smoke.txt
 : >"$OUT"
 failed=0
-cri() { crictl --timeout 30s -r "$CT_ENDPOINT" "$@" 2>"$WORK/err"; }
+cri() { crictl --timeout 30s -r "$CT_ENDPOINT" -i "$CT_ENDPOINT" "$@" 2>"$WORK/err"; }
 # The last error crictl logged, without its logrus decoration.
 err() {
     grep -v 'level=warning' "$WORK/err" | tail -1 |

@@ -6,51 +6,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Daemon;
+use common::{BUSYBOX, pod_config, pull};
 use k8s_cri::v1 as cri;
 use tonic::transport::Channel;
 
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
-
 type Runtime = cri::runtime_service_client::RuntimeServiceClient<Channel>;
-
-fn daemon() -> Daemon {
-    Daemon::start_with_config(&format!(
-        "{}{}",
-        common::stand_in_registry(),
-        common::cni_config()
-    ))
-}
-
-async fn pull(d: &Daemon, image: &str) {
-    d.images()
-        .await
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-}
-
-fn pod_config(name: &str, log_dir: &std::path::Path) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "berth-test".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: log_dir.display().to_string(),
-        dns_config: Some(cri::DnsConfig::default()),
-        linux: Some(cri::LinuxPodSandboxConfig::default()),
-        ..Default::default()
-    }
-}
 
 async fn run_pod(rt: &mut Runtime, cfg: &cri::PodSandboxConfig) -> String {
     rt.run_pod_sandbox(cri::RunPodSandboxRequest {
@@ -132,7 +92,7 @@ async fn cleanup_pod(rt: &mut Runtime, pod_id: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn run_to_completion_with_logs_and_exit_code() {
-    let d = daemon();
+    let d = common::cri_daemon();
     pull(&d, BUSYBOX).await;
     let logs = tempfile::tempdir().unwrap();
     let pod = pod_config("ctr-exit", logs.path());
@@ -240,7 +200,7 @@ async fn run_to_completion_with_logs_and_exit_code() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_sync_stop_and_list() {
-    let d = daemon();
+    let d = common::cri_daemon();
     pull(&d, BUSYBOX).await;
     let logs = tempfile::tempdir().unwrap();
     let pod = pod_config("ctr-exec", logs.path());
@@ -393,7 +353,7 @@ async fn exec_sync_stop_and_list() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn containers_survive_a_daemon_crash() {
-    let mut d = daemon();
+    let mut d = common::cri_daemon();
     pull(&d, BUSYBOX).await;
     let logs = tempfile::tempdir().unwrap();
     let pod = pod_config("ctr-crash", logs.path());

@@ -6,58 +6,14 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::Daemon;
+use common::{BUSYBOX, Daemon, pod_config, pull};
 use k8s_cri::v1 as cri;
 use tonic::transport::Channel;
-
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 
 type Runtime = cri::runtime_service_client::RuntimeServiceClient<Channel>;
 
 /// The Wasm test images (critest/images) are served on the local registry.
 const WASM_HELLO: &str = "127.0.0.1:5000/berth-test/wasm-hello:compat-smart";
-
-fn daemon() -> Daemon {
-    Daemon::start_with_config(&format!(
-        "{}[registry.hosts.\"127.0.0.1:5000\"]\ninsecure = true\n{}",
-        common::stand_in_registry(),
-        common::cni_config()
-    ))
-}
-
-async fn pull(d: &Daemon) {
-    pull_image(d, BUSYBOX).await
-}
-
-async fn pull_image(d: &Daemon, image: &str) {
-    d.images()
-        .await
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-}
-
-fn pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "berth-test".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: log_dir.display().to_string(),
-        dns_config: Some(cri::DnsConfig::default()),
-        linux: Some(cri::LinuxPodSandboxConfig::default()),
-        ..Default::default()
-    }
-}
 
 async fn run_pod(rt: &mut Runtime, cfg: &cri::PodSandboxConfig) -> String {
     run_pod_with(rt, cfg, "").await
@@ -231,8 +187,8 @@ async fn status_advertises_rro_and_user_namespaces_for_every_handler() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn recursive_read_only_volume_makes_submounts_read_only() {
-    let d = daemon();
-    pull(&d).await;
+    let d = common::cri_daemon();
+    pull(&d, BUSYBOX).await;
     let logs = tempfile::tempdir().unwrap();
     let host = DirWithSubmount::new();
     let pod = pod_config("rro", logs.path());
@@ -269,8 +225,8 @@ async fn recursive_read_only_volume_makes_submounts_read_only() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn recursive_read_only_needs_readonly_and_private_propagation() {
-    let d = daemon();
-    pull(&d).await;
+    let d = common::cri_daemon();
+    pull(&d, BUSYBOX).await;
     let logs = tempfile::tempdir().unwrap();
     let host = DirWithSubmount::new();
     let pod = pod_config("rro-bad", logs.path());
@@ -348,8 +304,8 @@ fn with_namespaces(
 #[tokio::test(flavor = "multi_thread")]
 async fn pod_user_namespace_maps_ids_and_idmaps_rootfs_and_volumes() {
     use std::os::unix::fs::MetadataExt;
-    let d = daemon();
-    pull(&d).await;
+    let d = common::cri_daemon();
+    pull(&d, BUSYBOX).await;
     let logs = tempfile::tempdir().unwrap();
     let vol = tempfile::tempdir().unwrap();
     std::fs::write(vol.path().join("host-file"), "x").unwrap();
@@ -444,8 +400,8 @@ async fn pod_user_namespace_maps_ids_and_idmaps_rootfs_and_volumes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn node_user_namespace_is_the_hosts() {
-    let d = daemon();
-    pull(&d).await;
+    let d = common::cri_daemon();
+    pull(&d, BUSYBOX).await;
     let logs = tempfile::tempdir().unwrap();
     let ns = userns_options(cri::NamespaceMode::Node, &[]);
     let pod = with_namespaces(pod_config("userns-node", logs.path()), ns);
@@ -510,8 +466,8 @@ async fn verbose_status_names_the_state_dir_as_critest_reads_it() {
 /// is a fresh 0700 temp dir's subdir, the container only prints its uid_map and exits.
 #[tokio::test(flavor = "multi_thread")]
 async fn userns_pod_container_logs_its_uid_map_like_critest() {
-    let d = daemon();
-    pull(&d).await;
+    let d = common::cri_daemon();
+    pull(&d, BUSYBOX).await;
     let host_logs = tempfile::Builder::new()
         .prefix("podLogTest")
         .tempdir()
@@ -545,8 +501,8 @@ async fn userns_pod_container_logs_its_uid_map_like_critest() {
 /// isolation, inside the pod's user namespace.
 #[tokio::test(flavor = "multi_thread")]
 async fn wasm_guest_runs_in_a_pod_user_namespace() {
-    let d = daemon();
-    pull_image(&d, WASM_HELLO).await;
+    let d = common::cri_daemon();
+    pull(&d, WASM_HELLO).await;
     let logs = tempfile::tempdir().unwrap();
     let ns = userns_options(cri::NamespaceMode::Pod, &[(0, 1000)]);
     let pod = with_namespaces(pod_config("userns-wasm", logs.path()), ns);
@@ -571,8 +527,8 @@ async fn wasm_guest_runs_in_a_pod_user_namespace() {
 /// Namespaced sysctls apply in a pod with a user namespace, network and IPC ones alike.
 #[tokio::test(flavor = "multi_thread")]
 async fn sysctls_apply_in_a_user_namespace_pod() {
-    let d = daemon();
-    pull(&d).await;
+    let d = common::cri_daemon();
+    pull(&d, BUSYBOX).await;
     let logs = tempfile::tempdir().unwrap();
     let ns = userns_options(cri::NamespaceMode::Pod, &[(0, 1000)]);
     let mut pod = with_namespaces(pod_config("userns-sysctl", logs.path()), ns);

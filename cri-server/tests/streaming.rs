@@ -10,39 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Daemon;
+use common::{BUSYBOX, Daemon, pod_config};
 use k8s_cri::v1 as cri;
 use tonic::Code;
 use tonic::transport::Channel;
 
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 const TRANSPORTS: [&str; 2] = ["spdy", "websocket"];
 
 type Runtime = cri::runtime_service_client::RuntimeServiceClient<Channel>;
-
-fn daemon() -> Daemon {
-    Daemon::start_with_config(&format!(
-        "{}{}",
-        common::stand_in_registry(),
-        common::cni_config()
-    ))
-}
-
-fn pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "berth-test".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: log_dir.display().to_string(),
-        dns_config: Some(cri::DnsConfig::default()),
-        linux: Some(cri::LinuxPodSandboxConfig::default()),
-        ..Default::default()
-    }
-}
 
 /// Stops and removes the pod when dropped, even when the test fails.
 struct Pod<'a> {
@@ -142,9 +117,8 @@ fn text(b: &[u8]) -> String {
 
 /// Runs crictl with `input` on its stdin.
 fn crictl_with_input(d: &Daemon, args: &[&str], input: &[u8]) -> std::process::Output {
-    let mut child = Command::new("crictl")
-        .arg("--runtime-endpoint")
-        .arg(d.endpoint())
+    let mut child = d
+        .crictl_command()
         .arg("--timeout=30s")
         .args(args)
         .stdin(Stdio::piped())
@@ -230,7 +204,7 @@ fn http_status(url: &str, extra: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn urls_are_single_use_and_negotiation_failures_name_what_we_speak() {
-    let d = daemon();
+    let d = common::cri_daemon();
     let mut rt = d.runtime().await;
     let (pod, _) = run_pod(&d, &mut rt, "stream-urls").await;
     let url = |rt: &mut Runtime| {
@@ -278,7 +252,7 @@ async fn urls_are_single_use_and_negotiation_failures_name_what_we_speak() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn crictl_exec_over_spdy_and_websocket() {
-    let d = daemon();
+    let d = common::cri_daemon();
     let mut rt = d.runtime().await;
     let (pod, cfg) = run_pod(&d, &mut rt, "stream-exec").await;
     let cid = sleeping_container(&d, &mut rt, &pod, &cfg).await;
@@ -372,7 +346,7 @@ fn round_trip(local: u16, send: usize) -> std::io::Result<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn crictl_port_forward_reaches_localhost_in_the_pod() {
-    let d = daemon();
+    let d = common::cri_daemon();
     let mut rt = d.runtime().await;
     let (pod, _) = run_pod(&d, &mut rt, "stream-pf").await;
     let pod_port = 18080;
@@ -380,9 +354,8 @@ async fn crictl_port_forward_reaches_localhost_in_the_pod() {
     serve_in_netns(&netns_of(&d, &pod.id), pod_port, 1_000_000);
     for transport in TRANSPORTS {
         let local = free_port();
-        let mut crictl = Command::new("crictl")
-            .arg("--runtime-endpoint")
-            .arg(d.endpoint())
+        let mut crictl = d
+            .crictl_command()
             .args(["port-forward", &format!("--transport={transport}"), &pod.id])
             .arg(format!("{local}:{pod_port}"))
             .stdout(Stdio::null())
@@ -419,9 +392,8 @@ async fn crictl_port_forward_reaches_localhost_in_the_pod() {
     }
     // A port nobody listens on: the error comes back to the client, the forward stays up.
     let local = free_port();
-    let mut crictl = Command::new("crictl")
-        .arg("--runtime-endpoint")
-        .arg(d.endpoint())
+    let mut crictl = d
+        .crictl_command()
         .args(["port-forward", &pod.id])
         .arg(format!("{local}:1"))
         .stdout(Stdio::null())
@@ -440,7 +412,7 @@ async fn crictl_port_forward_reaches_localhost_in_the_pod() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn crictl_attach_with_stdin_once_over_spdy_and_websocket() {
-    let d = daemon();
+    let d = common::cri_daemon();
     let mut rt = d.runtime().await;
     let (pod, cfg) = run_pod(&d, &mut rt, "stream-attach").await;
     for transport in TRANSPORTS {
@@ -456,7 +428,7 @@ async fn crictl_attach_with_stdin_once_over_spdy_and_websocket() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn crictl_exec_with_a_terminal_sees_the_clients_size() {
-    let d = daemon();
+    let d = common::cri_daemon();
     let mut rt = d.runtime().await;
     let (pod, cfg) = run_pod(&d, &mut rt, "stream-tty").await;
     let cid = sleeping_container(&d, &mut rt, &pod, &cfg).await;
@@ -464,8 +436,8 @@ async fn crictl_exec_with_a_terminal_sees_the_clients_size() {
         // `script` gives crictl a terminal of a known size; crictl sends it as a resize,
         // which races with the process's start (as with every runtime): hence the sleep.
         let inner = format!(
-            "stty rows 37 cols 101; crictl --runtime-endpoint {} exec -it --transport={transport} {cid} sh -c 'sleep 0.5; stty size'",
-            d.endpoint()
+            "stty rows 37 cols 101; crictl {} exec -it --transport={transport} {cid} sh -c 'sleep 0.5; stty size'",
+            d.crictl_endpoints().join(" ")
         );
         let out = Command::new("script")
             .args(["-qec", &inner, "/dev/null"])

@@ -7,36 +7,13 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::Daemon;
+use common::{BUSYBOX, pull};
 use k8s_cri::v1 as cri;
 use tonic::transport::Channel;
 
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 const REGISTRY: &str = "127.0.0.1:5000/berth-test";
 
 type Runtime = cri::runtime_service_client::RuntimeServiceClient<Channel>;
-
-fn daemon() -> Daemon {
-    Daemon::start_with_config(&format!(
-        "{}[registry.hosts.\"127.0.0.1:5000\"]\ninsecure = true\n{}",
-        common::stand_in_registry(),
-        common::cni_config()
-    ))
-}
-
-async fn pull(d: &Daemon, image: &str) {
-    d.images()
-        .await
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("pulling {image}: {e}"));
-}
 
 struct Pod {
     id: String,
@@ -179,7 +156,7 @@ fn runtime_of(info: &HashMap<String, String>) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mixed_pod_runs_wasm_and_native_side_by_side() {
-    let d = daemon();
+    let d = common::cri_daemon();
     let hello = format!("{REGISTRY}/wasm-hello:compat-smart");
     pull(&d, &hello).await;
     pull(&d, BUSYBOX).await;
@@ -241,7 +218,7 @@ async fn mixed_pod_runs_wasm_and_native_side_by_side() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn compat_refuses_a_native_entrypoint_clearly() {
-    let d = daemon();
+    let d = common::cri_daemon();
     pull(&d, BUSYBOX).await;
     let mut rt = d.runtime().await;
     let pod = run_pod(
@@ -274,7 +251,7 @@ async fn compat_refuses_a_native_entrypoint_clearly() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn oci_wasm_artifact_runs_without_a_rootfs() {
-    let d = daemon();
+    let d = common::cri_daemon();
     let hello = format!("{REGISTRY}/wasm-hello:oci");
     pull(&d, &hello).await;
     let mut rt = d.runtime().await;
@@ -300,7 +277,7 @@ async fn oci_wasm_artifact_runs_without_a_rootfs() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn looping_guest_stops_and_exec_runs_wasi_tools() {
-    let d = daemon();
+    let d = common::cri_daemon();
     let image = format!("{REGISTRY}/wasm-loop:compat");
     pull(&d, &image).await;
     let mut rt = d.runtime().await;
@@ -365,7 +342,7 @@ async fn looping_guest_stops_and_exec_runs_wasi_tools() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn guest_over_its_memory_limit_is_oom_killed() {
-    let d = daemon();
+    let d = common::cri_daemon();
     let image = format!("{REGISTRY}/wasm-memhog:compat");
     pull(&d, &image).await;
     let mut rt = d.runtime().await;
@@ -394,7 +371,7 @@ async fn guest_over_its_memory_limit_is_oom_killed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn wasm_runtime_handler_detects_per_container() {
-    let d = daemon();
+    let d = common::cri_daemon();
     // The compat image, but the decision comes from the handler: its label says compat,
     // so use the plain module file of a busybox-free image through the handler alone.
     let hello = format!("{REGISTRY}/wasm-hello:compat-smart");

@@ -143,16 +143,30 @@ impl Daemon {
         format!("unix://{}", self.socket.display())
     }
 
-    /// Runs the real crictl against this daemon.
-    pub fn crictl(&self, args: &[&str]) -> Output {
+    /// The endpoint flags for crictl: both, always, or a node's /etc/crictl.yaml would
+    /// send image calls to another runtime.
+    pub fn crictl_endpoints(&self) -> [String; 4] {
+        [
+            "--runtime-endpoint".into(),
+            self.endpoint(),
+            "--image-endpoint".into(),
+            self.endpoint(),
+        ]
+    }
+
+    /// The real crictl, pointed at this daemon, to finish and run.
+    pub fn crictl_command(&self) -> Command {
         let crictl = which("crictl").unwrap_or_else(|| {
             panic!("crictl not found on PATH: run deploy/install.sh (it installs cri-tools)")
         });
-        Command::new(crictl)
-            .arg("--runtime-endpoint")
-            .arg(self.endpoint())
-            .arg("--image-endpoint")
-            .arg(self.endpoint())
+        let mut cmd = Command::new(crictl);
+        cmd.args(self.crictl_endpoints());
+        cmd
+    }
+
+    /// Runs the real crictl against this daemon.
+    pub fn crictl(&self, args: &[&str]) -> Output {
+        self.crictl_command()
             .args(["--timeout", "60s"])
             .args(args)
             .stdin(Stdio::null())
@@ -163,18 +177,14 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        // Pods and containers outlive the daemon by design; a test that failed half-way
-        // must not leave its namespaces, IP leases and processes on the host.
-        if self.child.is_some() && which("crictl").is_some() {
-            let _ = self.crictl(&["rm", "--all", "--force"]);
-            let _ = self.crictl(&["rmp", "--all", "--force"]);
-        }
         if let Some(mut child) = self.child.take() {
-            // Pods outlive the daemon by design (their inits, pinned namespaces, CNI
-            // leases): remove them first so no test leaves any behind, even a failing one.
+            // Pods and containers outlive the daemon by design (inits, pinned namespaces,
+            // CNI leases, monitors): remove them first so no test leaves any behind, even
+            // a failing one.
             let running = matches!(child.try_wait(), Ok(None));
             if running && which("crictl").is_some() {
-                let _ = self.crictl(&["rmp", "--force", "--all"]);
+                let _ = self.crictl(&["rm", "--all", "--force"]);
+                let _ = self.crictl(&["rmp", "--all", "--force"]);
             }
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             wait_with_timeout(&mut child, Duration::from_secs(20));
@@ -255,4 +265,49 @@ pub fn cni_config() -> String {
         "[cni]\nconf_dir = {:?}\nbin_dirs = [\"/usr/lib/cni\", \"/opt/cni/bin\"]\n",
         conf.canonicalize().expect("deploy/cni")
     )
+}
+
+/// The stand-in busybox image (critest's default test image).
+pub const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
+
+/// A daemon that pulls the stand-in images through mirrors, reaches the local test
+/// registry on 127.0.0.1:5000 directly, and networks pods with the repo's CNI config.
+pub fn cri_daemon() -> Daemon {
+    Daemon::start_with_config(&format!(
+        "{}[registry.hosts.\"127.0.0.1:5000\"]\ninsecure = true\n{}",
+        stand_in_registry(),
+        cni_config()
+    ))
+}
+
+pub async fn pull(d: &Daemon, image: &str) {
+    d.images()
+        .await
+        .pull_image(k8s_cri::v1::PullImageRequest {
+            image: Some(k8s_cri::v1::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("pulling {image}: {e}"));
+}
+
+/// A pod config with a name-derived uid, the hostname, a log directory and an empty DNS
+/// config (valid, as the kubelet may send it).
+pub fn pod_config(name: &str, log_dir: &Path) -> k8s_cri::v1::PodSandboxConfig {
+    k8s_cri::v1::PodSandboxConfig {
+        metadata: Some(k8s_cri::v1::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "berth-test".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: log_dir.display().to_string(),
+        dns_config: Some(k8s_cri::v1::DnsConfig::default()),
+        linux: Some(k8s_cri::v1::LinuxPodSandboxConfig::default()),
+        ..Default::default()
+    }
 }
