@@ -26,6 +26,16 @@ pub enum CriError {
 
 pub type CriResult<T> = Result<T, CriError>;
 
+/// Runs blocking work (file I/O, forks, syscalls that must not stall a tokio worker) on the
+/// blocking pool. A worker that panicked is an internal error, mapped here once.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> CriResult<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| CriError::Internal(format!("blocking worker: {e}")))
+}
+
 impl CriError {
     pub fn code(&self) -> Code {
         match self {

@@ -21,7 +21,7 @@ use sandbox::container::{self as ctr, ContainerState, MonitorCommand};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::error::{CriError, CriResult};
+use crate::error::{CriError, CriResult, blocking};
 
 /// What berth remembers about a container.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -330,7 +330,7 @@ impl Containers {
     /// Stopping a container that is not running is fine.
     pub async fn stop(&self, rec: &Arc<ContainerRecord>, timeout: Duration) -> CriResult<()> {
         let target = rec.clone();
-        let stopped = tokio::task::spawn_blocking(move || -> CriResult<bool> {
+        let stopped = blocking(move || -> CriResult<bool> {
             let rec = target;
             let signal = parse_signal(&rec.stop_signal).unwrap_or(libc::SIGTERM);
             match ctr::state(&rec.dir) {
@@ -360,8 +360,7 @@ impl Containers {
                 ))),
             }
         })
-        .await
-        .map_err(|e| CriError::Internal(e.to_string()))??;
+        .await??;
         // CONTAINER_STOPPED comes from `watch_exit`, for stops and natural exits alike.
         let _ = stopped;
         Ok(())
@@ -418,7 +417,7 @@ impl Containers {
     pub async fn remove(&self, rec: &Arc<ContainerRecord>) -> CriResult<()> {
         let dir = rec.dir.clone();
         let layers = self.layers_dir.join(&rec.id);
-        tokio::task::spawn_blocking(move || -> CriResult<()> {
+        blocking(move || -> CriResult<()> {
             ctr::remove(&dir)?;
             match std::fs::remove_dir_all(&layers) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CriError::Internal(
@@ -427,8 +426,7 @@ impl Containers {
                 _ => Ok(()),
             }
         })
-        .await
-        .map_err(|e| CriError::Internal(e.to_string()))??;
+        .await??;
         self.meta.delete::<ContainerRecord>(&rec.id)?;
         self.records.write().expect("records lock").remove(&rec.id);
         self.names

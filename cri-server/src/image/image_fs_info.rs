@@ -7,7 +7,7 @@ use k8s_cri::v1::{
     FilesystemIdentifier, FilesystemUsage, ImageFsInfoRequest, ImageFsInfoResponse, UInt64Value,
 };
 
-use crate::error::{CriError, CriResult};
+use crate::error::{CriResult, blocking};
 use crate::service::CriService;
 
 pub async fn image_fs_info(
@@ -15,9 +15,7 @@ pub async fn image_fs_info(
     _req: ImageFsInfoRequest,
 ) -> CriResult<ImageFsInfoResponse> {
     let images = svc.images.clone();
-    let usage = tokio::task::spawn_blocking(move || images.fs_usage())
-        .await
-        .map_err(|e| CriError::Internal(format!("ImageFsInfo: {e}")))??;
+    let usage = blocking(move || images.fs_usage()).await??;
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)

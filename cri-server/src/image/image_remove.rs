@@ -4,7 +4,7 @@
 use k8s_cri::v1::{RemoveImageRequest, RemoveImageResponse};
 
 use super::spec_ref;
-use crate::error::{CriError, CriResult};
+use crate::error::{CriError, CriResult, blocking};
 use crate::service::CriService;
 
 pub async fn remove_image(
@@ -19,8 +19,6 @@ pub async fn remove_image(
     }
     let images = svc.images.clone();
     // Deleting unpacked layers walks directories: keep it off the async workers.
-    tokio::task::spawn_blocking(move || images.remove(&reference))
-        .await
-        .map_err(|e| CriError::Internal(format!("RemoveImage: {e}")))??;
+    blocking(move || images.remove(&reference)).await??;
     Ok(RemoveImageResponse {})
 }

@@ -13,7 +13,7 @@ use image_store::LayerFormat;
 use crate::containers::spec::{self, ContainerDirs, ImageFacts};
 use crate::containers::wasm;
 use crate::containers::{ContainerRecord, Containers, MountRecord};
-use crate::error::{CriError, CriResult};
+use crate::error::{CriError, CriResult, blocking};
 use crate::service::CriService;
 
 pub async fn create_container(
@@ -131,13 +131,9 @@ pub async fn create_container(
     if let Some(plan) = &wasm_plan {
         let containers = svc.containers.clone();
         let module = plan.module_on_host.clone();
-        let artifact =
-            tokio::task::spawn_blocking(move || containers.wasm_cache.get_or_compile(&module))
-                .await
-                .map_err(|e| CriError::Internal(e.to_string()))?
-                .map_err(|e| {
-                    CriError::InvalidArgument(format!("compiling the Wasm module: {e}"))
-                })?;
+        let artifact = blocking(move || containers.wasm_cache.get_or_compile(&module))
+            .await?
+            .map_err(|e| CriError::InvalidArgument(format!("compiling the Wasm module: {e}")))?;
         let (oom_marker, termination_log) = svc.containers.wasm_files_of(&id);
         wasm::create_runner_files(&oom_marker, &termination_log)
             .map_err(|e| CriError::Internal(format!("preparing the Wasm runner: {e}")))?;
@@ -163,11 +159,8 @@ pub async fn create_container(
     let monitor = svc.containers.monitor().clone();
     let spec_for_create = built.spec.clone();
     let dir_for_create = dir.clone();
-    let created = tokio::task::spawn_blocking(move || {
-        ctr::create(&monitor, &spec_for_create, &dir_for_create)
-    })
-    .await
-    .map_err(|e| CriError::Internal(e.to_string()))??;
+    let created =
+        blocking(move || ctr::create(&monitor, &spec_for_create, &dir_for_create)).await??;
 
     let image_ref = image
         .repo_digests
@@ -211,7 +204,7 @@ pub async fn create_container(
     let record = match svc.containers.insert(record) {
         Ok(r) => r,
         Err(e) => {
-            let _ = tokio::task::spawn_blocking(move || ctr::remove(&dir)).await;
+            let _ = blocking(move || ctr::remove(&dir)).await;
             return Err(e);
         }
     };

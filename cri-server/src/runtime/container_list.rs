@@ -3,7 +3,7 @@
 use k8s_cri::v1 as cri;
 use sandbox::container::ContainerState;
 
-use crate::error::{CriError, CriResult};
+use crate::error::{CriResult, blocking};
 use crate::service::CriService;
 
 pub async fn list_containers(
@@ -12,7 +12,7 @@ pub async fn list_containers(
 ) -> CriResult<cri::ListContainersResponse> {
     let containers = svc.containers.clone();
     let filter = req.filter.unwrap_or_default();
-    tokio::task::spawn_blocking(move || {
+    blocking(move || {
         let mut out = Vec::new();
         for rec in containers.list() {
             if !filter.id.is_empty() && !rec.id.starts_with(&filter.id) {
@@ -57,7 +57,6 @@ pub async fn list_containers(
         cri::ListContainersResponse { containers: out }
     })
     .await
-    .map_err(|e| CriError::Internal(e.to_string()))
 }
 
 pub fn state_code(state: &ContainerState) -> i32 {

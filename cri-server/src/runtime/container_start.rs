@@ -3,7 +3,7 @@
 use k8s_cri::v1::{ContainerEventType, StartContainerRequest, StartContainerResponse};
 use sandbox::container::{self as ctr, ContainerState};
 
-use crate::error::{CriError, CriResult};
+use crate::error::{CriError, CriResult, blocking};
 use crate::service::CriService;
 
 pub async fn start_container(
@@ -12,7 +12,7 @@ pub async fn start_container(
 ) -> CriResult<StartContainerResponse> {
     let rec = svc.containers.get(&req.container_id)?;
     let dir = rec.dir.clone();
-    tokio::task::spawn_blocking(move || -> CriResult<()> {
+    blocking(move || -> CriResult<()> {
         match ctr::state(&dir)? {
             ContainerState::Created { .. } => Ok(ctr::start(&dir)?),
             ContainerState::Running { .. } => Err(CriError::FailedPrecondition(
@@ -23,8 +23,7 @@ pub async fn start_container(
             )),
         }
     })
-    .await
-    .map_err(|e| CriError::Internal(e.to_string()))??;
+    .await??;
     svc.containers
         .emit(&rec, ContainerEventType::ContainerStartedEvent);
     Ok(StartContainerResponse {})

@@ -3,7 +3,7 @@
 use k8s_cri::v1::{ContainerStatsRequest, ContainerStatsResponse};
 
 use crate::containers::stats;
-use crate::error::{CriError, CriResult};
+use crate::error::{CriResult, blocking};
 use crate::service::CriService;
 
 pub async fn container_stats(
@@ -12,9 +12,6 @@ pub async fn container_stats(
 ) -> CriResult<ContainerStatsResponse> {
     let rec = svc.containers.get(&req.container_id)?;
     let containers = svc.containers.clone();
-    let s =
-        tokio::task::spawn_blocking(move || stats::container_stats(&containers.cpu_rates, &rec))
-            .await
-            .map_err(|e| CriError::Internal(e.to_string()))?;
+    let s = blocking(move || stats::container_stats(&containers.cpu_rates, &rec)).await?;
     Ok(ContainerStatsResponse { stats: Some(s) })
 }

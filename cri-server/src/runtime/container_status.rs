@@ -7,7 +7,7 @@ use k8s_cri::v1 as cri;
 use sandbox::container::ContainerState;
 
 use crate::containers::{ContainerRecord, wasm};
-use crate::error::{CriError, CriResult};
+use crate::error::{CriResult, blocking};
 use crate::service::CriService;
 
 pub async fn container_status(
@@ -17,7 +17,7 @@ pub async fn container_status(
     let rec = svc.containers.get(&req.container_id)?;
     let containers = svc.containers.clone();
     let r = rec.clone();
-    let state = tokio::task::spawn_blocking(move || {
+    let state = blocking(move || {
         let mut state = containers.state(&r);
         if r.wasm
             && let ContainerState::Exited(exit) = &mut state
@@ -32,8 +32,7 @@ pub async fn container_status(
         }
         state
     })
-    .await
-    .map_err(|e| CriError::Internal(e.to_string()))?;
+    .await?;
     let mut info = HashMap::new();
     if req.verbose {
         let pid = match &state {

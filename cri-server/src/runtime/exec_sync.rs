@@ -8,7 +8,7 @@ use sandbox::container::{self as ctr, ContainerState};
 
 use crate::containers::wasm;
 
-use crate::error::{CriError, CriResult};
+use crate::error::{CriError, CriResult, blocking};
 use crate::service::CriService;
 
 pub async fn exec_sync(svc: &CriService, req: ExecSyncRequest) -> CriResult<ExecSyncResponse> {
@@ -18,7 +18,7 @@ pub async fn exec_sync(svc: &CriService, req: ExecSyncRequest) -> CriResult<Exec
     let rec = svc.containers.get(&req.container_id)?;
     let monitor = svc.containers.monitor().clone();
     let timeout = (req.timeout > 0).then(|| Duration::from_secs(req.timeout as u64));
-    let out = tokio::task::spawn_blocking(move || -> CriResult<ctr::ExecOutput> {
+    let out = blocking(move || -> CriResult<ctr::ExecOutput> {
         if !matches!(ctr::state(&rec.dir)?, ContainerState::Running { .. }) {
             return Err(CriError::FailedPrecondition(format!(
                 "container {} is not running",
@@ -28,8 +28,7 @@ pub async fn exec_sync(svc: &CriService, req: ExecSyncRequest) -> CriResult<Exec
         let request = wasm::exec_request(&rec, req.cmd)?;
         Ok(ctr::exec_sync(&monitor, &rec.dir, &request, timeout)?)
     })
-    .await
-    .map_err(|e| CriError::Internal(e.to_string()))??;
+    .await??;
     Ok(ExecSyncResponse {
         stdout: out.stdout,
         stderr: out.stderr,

@@ -3,7 +3,7 @@
 use k8s_cri::v1::{ListContainerStatsRequest, ListContainerStatsResponse};
 
 use crate::containers::stats;
-use crate::error::{CriError, CriResult};
+use crate::error::{CriResult, blocking};
 use crate::service::CriService;
 
 pub async fn list_container_stats(
@@ -12,7 +12,7 @@ pub async fn list_container_stats(
 ) -> CriResult<ListContainerStatsResponse> {
     let filter = req.filter.unwrap_or_default();
     let containers = svc.containers.clone();
-    let stats = tokio::task::spawn_blocking(move || {
+    let stats = blocking(move || {
         containers
             .list()
             .into_iter()
@@ -29,7 +29,6 @@ pub async fn list_container_stats(
             .map(|r| stats::container_stats(&containers.cpu_rates, &r))
             .collect()
     })
-    .await
-    .map_err(|e| CriError::Internal(e.to_string()))?;
+    .await?;
     Ok(ListContainerStatsResponse { stats })
 }

@@ -5,7 +5,7 @@ use k8s_cri::v1 as cri;
 use sandbox::pod::PodView;
 
 use crate::containers::stats;
-use crate::error::{CriError, CriResult};
+use crate::error::{CriResult, blocking};
 use crate::service::CriService;
 
 fn pod_stats(svc: &CriService, pod: &PodView) -> cri::PodSandboxStats {
@@ -45,9 +45,7 @@ pub async fn pod_sandbox_stats(
 ) -> CriResult<cri::PodSandboxStatsResponse> {
     let pod = svc.pods.status(&req.pod_sandbox_id)?;
     let svc = svc.clone();
-    let s = tokio::task::spawn_blocking(move || pod_stats(&svc, &pod))
-        .await
-        .map_err(|e| CriError::Internal(e.to_string()))?;
+    let s = blocking(move || pod_stats(&svc, &pod)).await?;
     Ok(cri::PodSandboxStatsResponse { stats: Some(s) })
 }
 
@@ -57,7 +55,7 @@ pub async fn list_pod_sandbox_stats(
 ) -> CriResult<cri::ListPodSandboxStatsResponse> {
     let filter = req.filter.unwrap_or_default();
     let svc = svc.clone();
-    let stats = tokio::task::spawn_blocking(move || {
+    let stats = blocking(move || {
         svc.pods
             .list()
             .into_iter()
@@ -71,7 +69,6 @@ pub async fn list_pod_sandbox_stats(
             .map(|p| pod_stats(&svc, &p))
             .collect()
     })
-    .await
-    .map_err(|e| CriError::Internal(e.to_string()))?;
+    .await?;
     Ok(cri::ListPodSandboxStatsResponse { stats })
 }

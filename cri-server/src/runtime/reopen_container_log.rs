@@ -4,7 +4,7 @@
 use k8s_cri::v1::{ReopenContainerLogRequest, ReopenContainerLogResponse};
 use sandbox::container::{self as ctr, ContainerState};
 
-use crate::error::{CriError, CriResult};
+use crate::error::{CriError, CriResult, blocking};
 use crate::service::CriService;
 
 pub async fn reopen_container_log(
@@ -12,7 +12,7 @@ pub async fn reopen_container_log(
     req: ReopenContainerLogRequest,
 ) -> CriResult<ReopenContainerLogResponse> {
     let rec = svc.containers.get(&req.container_id)?;
-    tokio::task::spawn_blocking(move || -> CriResult<()> {
+    blocking(move || -> CriResult<()> {
         if !matches!(ctr::state(&rec.dir)?, ContainerState::Running { .. }) {
             return Err(CriError::FailedPrecondition(format!(
                 "container {} is not running",
@@ -21,7 +21,6 @@ pub async fn reopen_container_log(
         }
         Ok(ctr::reopen_log(&rec.dir)?)
     })
-    .await
-    .map_err(|e| CriError::Internal(e.to_string()))??;
+    .await??;
     Ok(ReopenContainerLogResponse {})
 }

@@ -4,7 +4,7 @@
 use k8s_cri::v1::{RemovePodSandboxRequest, RemovePodSandboxResponse};
 
 use super::sandbox_stop::stop_containers_of_pod;
-use crate::error::{CriError, CriResult};
+use crate::error::{CriResult, blocking};
 use crate::service::CriService;
 
 pub async fn remove_pod_sandbox(
@@ -18,8 +18,6 @@ pub async fn remove_pod_sandbox(
         }
     }
     let pods = svc.pods.clone();
-    tokio::task::spawn_blocking(move || pods.remove(&req.pod_sandbox_id))
-        .await
-        .map_err(|e| CriError::Internal(format!("RemovePodSandbox worker: {e}")))??;
+    blocking(move || pods.remove(&req.pod_sandbox_id)).await??;
     Ok(RemovePodSandboxResponse {})
 }

@@ -7,7 +7,7 @@ use sandbox::pod::files::DnsConfig;
 use sandbox::pod::{IdMapping, NamespaceMode, NamespaceModes, PodSpec, UserNamespaceSpec};
 
 use super::status::RUNTIME_HANDLERS;
-use crate::error::{CriError, CriResult};
+use crate::error::{CriError, CriResult, blocking};
 use crate::service::CriService;
 
 pub async fn run_pod_sandbox(
@@ -16,9 +16,7 @@ pub async fn run_pod_sandbox(
 ) -> CriResult<RunPodSandboxResponse> {
     let spec = pod_spec(req)?;
     let pods = svc.pods.clone();
-    let pod_sandbox_id = tokio::task::spawn_blocking(move || pods.run(spec))
-        .await
-        .map_err(|e| CriError::Internal(format!("RunPodSandbox worker: {e}")))??;
+    let pod_sandbox_id = blocking(move || pods.run(spec)).await??;
     Ok(RunPodSandboxResponse { pod_sandbox_id })
 }
 

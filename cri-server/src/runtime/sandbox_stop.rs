@@ -3,7 +3,7 @@
 
 use k8s_cri::v1::{StopPodSandboxRequest, StopPodSandboxResponse};
 
-use crate::error::{CriError, CriResult};
+use crate::error::{CriResult, blocking};
 use crate::service::CriService;
 
 pub async fn stop_pod_sandbox(
@@ -12,9 +12,7 @@ pub async fn stop_pod_sandbox(
 ) -> CriResult<StopPodSandboxResponse> {
     stop_containers_of_pod(svc, &req.pod_sandbox_id).await?;
     let pods = svc.pods.clone();
-    tokio::task::spawn_blocking(move || pods.stop(&req.pod_sandbox_id))
-        .await
-        .map_err(|e| CriError::Internal(format!("StopPodSandbox worker: {e}")))??;
+    blocking(move || pods.stop(&req.pod_sandbox_id)).await??;
     Ok(StopPodSandboxResponse {})
 }
 

@@ -6,7 +6,7 @@ use sandbox::container::cgroup::{Cgroup, Hierarchy};
 use sandbox::container::{ContainerSpec, state};
 
 use crate::containers::spec::resources;
-use crate::error::{CriError, CriResult};
+use crate::error::{CriError, CriResult, blocking};
 use crate::service::CriService;
 
 pub async fn update_container_resources(
@@ -17,7 +17,7 @@ pub async fn update_container_resources(
     let Some(linux) = req.linux else {
         return Ok(UpdateContainerResourcesResponse {});
     };
-    tokio::task::spawn_blocking(move || -> CriResult<()> {
+    blocking(move || -> CriResult<()> {
         let mut spec: ContainerSpec = state::read_json(&rec.dir, state::CONFIG)
             .map_err(|e| CriError::Internal(format!("reading the container spec: {e}")))?
             .ok_or_else(|| CriError::NotFound(format!("container {} has no spec", rec.id)))?;
@@ -34,7 +34,6 @@ pub async fn update_container_resources(
         state::write_json(&rec.dir, state::CONFIG, &spec)
             .map_err(|e| CriError::Internal(format!("saving the container spec: {e}")))
     })
-    .await
-    .map_err(|e| CriError::Internal(e.to_string()))??;
+    .await??;
     Ok(UpdateContainerResourcesResponse {})
 }
