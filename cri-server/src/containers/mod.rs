@@ -330,12 +330,13 @@ impl Containers {
     /// Stopping a container that is not running is fine.
     pub async fn stop(&self, rec: &Arc<ContainerRecord>, timeout: Duration) -> CriResult<()> {
         let target = rec.clone();
-        let stopped = blocking(move || -> CriResult<bool> {
+        // CONTAINER_STOPPED comes from `watch_exit`, for stops and natural exits alike.
+        blocking(move || -> CriResult<()> {
             let rec = target;
             let signal = parse_signal(&rec.stop_signal).unwrap_or(libc::SIGTERM);
             match ctr::state(&rec.dir) {
                 Ok(ContainerState::Exited(_)) | Err(ctr::ContainerError::NotFound(_)) => {
-                    return Ok(false);
+                    return Ok(());
                 }
                 _ => {}
             }
@@ -345,7 +346,7 @@ impl Containers {
                     Err(e) => return Err(e.into()),
                 }
                 if matches!(ctr::wait(&rec.dir, timeout)?, ContainerState::Exited(_)) {
-                    return Ok(true);
+                    return Ok(());
                 }
             }
             match ctr::signal(&rec.dir, libc::SIGKILL) {
@@ -353,17 +354,14 @@ impl Containers {
                 Err(e) => return Err(e.into()),
             }
             match ctr::wait(&rec.dir, Duration::from_secs(30))? {
-                ContainerState::Exited(_) => Ok(true),
+                ContainerState::Exited(_) => Ok(()),
                 _ => Err(CriError::Internal(format!(
                     "container {} did not exit after SIGKILL",
                     rec.id
                 ))),
             }
         })
-        .await??;
-        // CONTAINER_STOPPED comes from `watch_exit`, for stops and natural exits alike.
-        let _ = stopped;
-        Ok(())
+        .await?
     }
 
     /// Emits CONTAINER_STOPPED when the container's monitor exits, which it does once the
