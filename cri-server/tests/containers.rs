@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{BUSYBOX, pod_config, pull};
+use common::{BUSYBOX, pod_config, pull, remove_pod, wait_exited};
 use k8s_cri::v1 as cri;
 use tonic::transport::Channel;
 
@@ -65,31 +65,6 @@ async fn status(rt: &mut Runtime, id: &str) -> cri::ContainerStatus {
     .unwrap()
 }
 
-async fn wait_exited(rt: &mut Runtime, id: &str) -> cri::ContainerStatus {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = status(rt, id).await;
-        if s.state == cri::ContainerState::ContainerExited as i32 {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "container did not exit: {s:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn cleanup_pod(rt: &mut Runtime, pod_id: &str) {
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod_id.into(),
-    })
-    .await
-    .unwrap();
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod_id.into(),
-    })
-    .await
-    .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn run_to_completion_with_logs_and_exit_code() {
     let d = common::cri_daemon();
@@ -126,7 +101,7 @@ async fn run_to_completion_with_logs_and_exit_code() {
     })
     .await
     .unwrap();
-    let s = wait_exited(&mut rt, &id).await;
+    let s = wait_exited(&mut rt, &id, Duration::from_secs(30)).await;
     assert_eq!(s.exit_code, 3);
     // The kubelet's evented PLEG hears of the start and of the exit, which nobody asked for.
     let mut seen = Vec::new();
@@ -195,7 +170,7 @@ async fn run_to_completion_with_logs_and_exit_code() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
-    cleanup_pod(&mut rt, &pod_id).await;
+    remove_pod(&mut rt, &pod_id).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -348,7 +323,7 @@ async fn exec_sync_stop_and_list() {
     })
     .await
     .unwrap();
-    cleanup_pod(&mut rt, &pod_id).await;
+    remove_pod(&mut rt, &pod_id).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -403,7 +378,7 @@ async fn containers_survive_a_daemon_crash() {
         status(&mut rt, &id).await.state,
         cri::ContainerState::ContainerRunning as i32
     );
-    let s = wait_exited(&mut rt, &short).await;
+    let s = wait_exited(&mut rt, &short, Duration::from_secs(30)).await;
     assert_eq!(s.exit_code, 7);
     rt.stop_container(cri::StopContainerRequest {
         container_id: id.clone(),
@@ -418,5 +393,5 @@ async fn containers_survive_a_daemon_crash() {
         .await
         .unwrap();
     }
-    cleanup_pod(&mut rt, &pod_id).await;
+    remove_pod(&mut rt, &pod_id).await;
 }

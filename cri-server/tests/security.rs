@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{BUSYBOX, Daemon, pod_config, pull};
+use common::{BUSYBOX, Daemon, pod_config, pull, remove_pod, start, wait_exited};
 use k8s_cri::v1 as cri;
 use tonic::transport::Channel;
 
@@ -28,19 +28,6 @@ async fn run_pod_with(rt: &mut Runtime, cfg: &cri::PodSandboxConfig, handler: &s
     .unwrap()
     .into_inner()
     .pod_sandbox_id
-}
-
-async fn remove_pod(rt: &mut Runtime, pod_id: &str) {
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod_id.into(),
-    })
-    .await
-    .unwrap();
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod_id.into(),
-    })
-    .await
-    .unwrap();
 }
 
 fn container_config(name: &str, mounts: Vec<cri::Mount>) -> cri::ContainerConfig {
@@ -74,35 +61,6 @@ async fn create(
     })
     .await
     .map(|r| r.into_inner().container_id)
-}
-
-async fn start(rt: &mut Runtime, id: &str) {
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.into(),
-    })
-    .await
-    .unwrap();
-}
-
-async fn wait_exited(rt: &mut Runtime, id: &str) -> cri::ContainerStatus {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let s = rt
-            .container_status(cri::ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: false,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap();
-        if s.state == cri::ContainerState::ContainerExited as i32 {
-            return s;
-        }
-        assert!(std::time::Instant::now() < deadline, "did not exit: {s:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
 }
 
 /// Runs `sh -c script` in the container; stdout and exit code.
@@ -490,7 +448,12 @@ async fn userns_pod_container_logs_its_uid_map_like_critest() {
     });
     let id = create(&mut rt, &pod_id, &pod, cfg).await.unwrap();
     start(&mut rt, &id).await;
-    assert_eq!(wait_exited(&mut rt, &id).await.exit_code, 0);
+    assert_eq!(
+        wait_exited(&mut rt, &id, std::time::Duration::from_secs(30))
+            .await
+            .exit_code,
+        0
+    );
     let text = std::fs::read_to_string(pod_logs.join("uid-map.log")).unwrap();
     let fields = text.split_whitespace().collect::<Vec<_>>();
     assert!(fields.ends_with(&["0", "1000", "100000"]), "{text}");
@@ -517,7 +480,7 @@ async fn wasm_guest_runs_in_a_pod_user_namespace() {
     cfg.args = vec!["userns".into()];
     let id = create(&mut rt, &pod_id, &pod, cfg).await.unwrap();
     start(&mut rt, &id).await;
-    let status = wait_exited(&mut rt, &id).await;
+    let status = wait_exited(&mut rt, &id, std::time::Duration::from_secs(30)).await;
     let log = std::fs::read_to_string(logs.path().join("guest.log")).unwrap_or_default();
     assert_eq!(status.exit_code, 0, "{status:?} {log}");
     assert!(log.contains("hello from wasm userns"), "{log}");

@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{BUSYBOX, pull};
+use common::{BUSYBOX, pull, start, wait_exited};
 use k8s_cri::v1 as cri;
 use tonic::transport::Channel;
 
@@ -98,14 +98,6 @@ async fn create(rt: &mut Runtime, pod: &Pod, c: Ctr<'_>) -> Result<String, tonic
     .map(|r| r.into_inner().container_id)
 }
 
-async fn start(rt: &mut Runtime, id: &str) {
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.into(),
-    })
-    .await
-    .unwrap();
-}
-
 async fn status(rt: &mut Runtime, id: &str) -> (cri::ContainerStatus, HashMap<String, String>) {
     let r = rt
         .container_status(cri::ContainerStatusRequest {
@@ -116,18 +108,6 @@ async fn status(rt: &mut Runtime, id: &str) -> (cri::ContainerStatus, HashMap<St
         .unwrap()
         .into_inner();
     (r.status.unwrap(), r.info)
-}
-
-async fn wait_exited(rt: &mut Runtime, id: &str, within: Duration) -> cri::ContainerStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        let (s, _) = status(rt, id).await;
-        if s.state == cri::ContainerState::ContainerExited as i32 {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "container did not exit: {s:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn log_of(pod: &Pod, name: &str) -> String {

@@ -311,3 +311,53 @@ pub fn pod_config(name: &str, log_dir: &Path) -> k8s_cri::v1::PodSandboxConfig {
         ..Default::default()
     }
 }
+
+type RuntimeClient = RuntimeServiceClient<Channel>;
+
+pub async fn start(rt: &mut RuntimeClient, id: &str) {
+    rt.start_container(k8s_cri::v1::StartContainerRequest {
+        container_id: id.into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("starting {id}: {e}"));
+}
+
+/// Polls ContainerStatus until the container has exited; fails the test after `within`.
+pub async fn wait_exited(
+    rt: &mut RuntimeClient,
+    id: &str,
+    within: Duration,
+) -> k8s_cri::v1::ContainerStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = rt
+            .container_status(k8s_cri::v1::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+        if s.state == k8s_cri::v1::ContainerState::ContainerExited as i32 {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "container did not exit: {s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// StopPodSandbox then RemovePodSandbox, both of which must succeed.
+pub async fn remove_pod(rt: &mut RuntimeClient, pod_id: &str) {
+    rt.stop_pod_sandbox(k8s_cri::v1::StopPodSandboxRequest {
+        pod_sandbox_id: pod_id.into(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(k8s_cri::v1::RemovePodSandboxRequest {
+        pod_sandbox_id: pod_id.into(),
+    })
+    .await
+    .unwrap();
+}
