@@ -12,6 +12,7 @@
 pub mod attach;
 pub mod cri_log;
 mod exec_helper;
+mod trim;
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -92,6 +93,7 @@ fn run_create(dir: &Path) -> i32 {
     println!("ok {}", monitor.child.pid);
     let _ = io::stdout().flush();
     detach_stdio();
+    trim::release_clean_file_pages();
     monitor.run()
 }
 
@@ -387,11 +389,16 @@ impl Monitor {
             r if r.starts_with(REQ_RESIZE) => self.resize(r),
             other => Err(format!("unknown request {other:?}")),
         };
+        let started = reply.is_ok() && request.trim_end() == REQ_START;
         let line = match reply {
             Ok(()) => "ok\n".to_owned(),
             Err(msg) => format!("err {}\n", msg.replace('\n', " ")),
         };
         let _ = conn.write_all(line.as_bytes());
+        if started {
+            // After the reply, so StartContainer does not wait for it.
+            trim::release_clean_file_pages();
+        }
     }
 
     fn resize(&self, request: &str) -> Result<(), String> {
