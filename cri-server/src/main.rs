@@ -87,10 +87,6 @@ fn parse_log_format(s: &str) -> Result<LogFormat, String> {
 }
 
 fn main() -> ExitCode {
-    // The pod init is this binary too (run from a sealed copy); same rule.
-    if std::env::args_os().nth(1).as_deref() == Some(sandbox::pod::init::POD_INIT_ARG.as_ref()) {
-        sandbox::pod::init::pod_init_main();
-    }
     // The container monitor and exec helper (`berth __monitor ...`) are single-threaded
     // processes that fork containers: they must run before any runtime, thread or logger.
     if std::env::args_os().nth(1).as_deref() == Some("__monitor".as_ref()) {

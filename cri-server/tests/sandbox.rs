@@ -559,11 +559,16 @@ async fn the_pod_init_holds_the_pid_namespace_and_outlives_the_daemon() {
         .find(|l| l.starts_with("NSpid:"))
         .unwrap();
     assert!(nspid.trim_end().ends_with("\t1"), "{nspid}");
-    let cgroups = std::fs::read_to_string(proc_dir.join("cgroup")).unwrap();
-    assert!(
-        cgroups.contains(&format!("{}/{id}", net.cgroup_parent)),
-        "{cgroups}"
-    );
+    // It joins the pod cgroup itself, just after it reports ready.
+    let in_pod_cgroup = || {
+        let cgroups = std::fs::read_to_string(proc_dir.join("cgroup")).unwrap();
+        cgroups.contains(&format!("{}/{id}", net.cgroup_parent))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !in_pod_cgroup() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(in_pod_cgroup(), "the pod init is not in the pod cgroup");
     // It shares the host network (NODE) but not the host IPC namespace.
     let host_ipc = std::fs::read_link("/proc/self/ns/ipc").unwrap();
     assert_ne!(
@@ -862,6 +867,11 @@ async fn a_pod_without_a_record_is_cleaned_up_at_start() {
         host_ip: String::new(),
     }];
     let id = run(&mut rt, config).await.expect("RunPodSandbox");
+    // The init joins the pod cgroup just after it reports ready.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while count_pod_inits(&net.cgroup_parent) == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     assert_eq!(count_pod_inits(&net.cgroup_parent), 1);
 
     daemon.kill9();

@@ -1,14 +1,15 @@
-//! A sealed, in-memory copy of berth's own executable, for every process berth starts
-//! from itself inside a pod (the pod init, later exec helpers).
+//! Sealed, in-memory executables, for every process berth starts that a container could
+//! reach: a copy of berth's own binary (monitors, exec helpers, Wasm runners) and the
+//! embedded pod init program.
 //!
 //! CVE-2019-5736: a process in a container that shares a PID namespace with one of ours can
 //! open `/proc/<pid>/exe` and, if that is the daemon's binary on disk, overwrite it and take
-//! the host the next time the daemon runs. So such processes run a memfd copy of the binary
+//! the host the next time the daemon runs. So such processes run a memfd copy
 //! whose contents are sealed (no write, grow, shrink, nor further seal changes): `exe`
-//! points at a file nobody can write. The copy is made once per daemon and shared; each
+//! points at a file nobody can write. Each copy is made once per daemon and shared; each
 //! process is started with `execveat(fd, "", AT_EMPTY_PATH)`.
 
-use std::ffi::{CString, c_char};
+use std::ffi::{CStr, CString, c_char};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -35,20 +36,25 @@ const SEALS: libc::c_int =
 impl SealedExe {
     /// Copies `/proc/self/exe` into a new memfd and seals it.
     pub fn create() -> io::Result<SealedExe> {
-        let mut exe = File::open("/proc/self/exe")?;
+        Self::seal(c"berth", &mut File::open("/proc/self/exe")?)
+    }
+
+    /// A sealed memfd named `name` holding `program`.
+    pub fn from_bytes(name: &CStr, mut program: &[u8]) -> io::Result<SealedExe> {
+        Self::seal(name, &mut program)
+    }
+
+    fn seal(name: &CStr, contents: &mut impl io::Read) -> io::Result<SealedExe> {
         // SAFETY: a valid C string and flags; the result is checked.
         let raw = unsafe {
-            libc::memfd_create(
-                c"berth".as_ptr(),
-                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-            )
+            libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
         };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `raw` is a new fd that nothing else owns.
         let mut copy = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
-        io::copy(&mut exe, &mut copy)?;
+        io::copy(contents, &mut copy)?;
         // SAFETY: fcntl on an fd we own.
         if unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, SEALS) } < 0 {
             return Err(io::Error::last_os_error());
@@ -120,12 +126,24 @@ impl PreparedExec {
     /// allocation), for use between fork and exec, e.g. as the last `pre_exec` hook of a
     /// `std::process::Command`. Returns only on failure.
     pub fn exec(&self) -> io::Error {
+        self.exec_from(self.fd)
+    }
+
+    /// The sealed copy's fd in this process.
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// `exec` through another fd of the same sealed copy (a duplicate placed where the
+    /// child's fd shuffling cannot overwrite it).
+    pub fn exec_from(&self, fd: RawFd) -> io::Error {
         // SAFETY: NULL-terminated arrays of pointers to live C strings; the fd is a memfd
-        // that lives as long as the daemon (the shared copy is never dropped).
+        // that lives as long as the daemon (the shared copy is never dropped), or a
+        // duplicate of it.
         unsafe {
             libc::syscall(
                 libc::SYS_execveat,
-                self.fd,
+                fd,
                 c"".as_ptr(),
                 self.argv_ptrs.as_ptr(),
                 self.env_ptrs.as_ptr(),

@@ -1,51 +1,50 @@
-//! The pod init: the process that holds a pod's PID namespace (PID 1 in it). It is berth's
-//! own binary entered through a hidden first argument, run from the sealed copy (see
-//! `sealed_exe`), and does nothing but reap orphans until SIGTERM or SIGINT.
+//! The pod init: the process that holds a pod's PID namespace (PID 1 in it) and reaps
+//! orphans until SIGTERM or SIGINT. It is a tiny static program of its own
+//! (`sandbox/pod-init/main.rs`, built by `sandbox/build.rs`), embedded here and run from a
+//! sealed memfd (see `sealed_exe`), so it starts fast and holds a few KiB per pod.
+//!
+//! It joins the pod's cgroups itself, right after it reports ready. On cgroup v1 the first
+//! move of a process after a quiet spell waits for an RCU grace period (the kernel's
+//! `cgroup_threadgroup_rwsem`), 10-15 ms on this kind of machine, and nothing about the
+//! pod depends on where its idle reaper is accounted, so RunPodSandbox does not wait for
+//! that. The daemon runs with `KillMode=process`, so the short stay in its cgroup is safe.
 
+use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
-use crate::sealed_exe;
+use crate::sealed_exe::SealedExe;
 
-/// `berth <POD_INIT_ARG>` runs the pod init instead of the CLI.
-pub const POD_INIT_ARG: &str = "__pod-init";
 /// Its name in `ps` (argv[0]) and in `/proc/<pid>/comm`.
 pub const POD_INIT_NAME: &str = "berth-pod-init";
 
+/// The program, as `sandbox/build.rs` built it.
+static PROGRAM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/berth-pod-init"));
+
 /// The fd on which the pod init reports that it is set up (one byte, then closed).
 const READY_FD: libc::c_int = 3;
+/// The pod's `cgroup.procs` files, open for writing, are fds `FIRST_CGROUP_FD..`; their
+/// count is the init's first argument.
+const FIRST_CGROUP_FD: libc::c_int = 4;
+/// More cgroup v1 hierarchies than any kernel has (the fd table is built without
+/// allocating, between fork and exec).
+const MAX_HIERARCHIES: usize = 32;
+const _: () = assert!(FIRST_CGROUP_FD == READY_FD + 1);
 
-/// The pod init's whole life. Call it first thing in `main`, before any runtime, thread
-/// or logger starts. Never returns.
-pub fn pod_init_main() -> ! {
-    // SAFETY: plain syscalls on locals; a single-threaded process.
-    unsafe {
-        libc::prctl(libc::PR_SET_NAME, c"berth-pod-init".as_ptr(), 0, 0, 0);
-        // As PID 1 of a namespace, a signal with the default action is dropped; a blocked
-        // one is queued, so block the ones we act on and take them synchronously.
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGCHLD] {
-            libc::sigaddset(&mut set, sig);
-        }
-        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        libc::write(READY_FD, b"r".as_ptr().cast(), 1);
-        libc::close(READY_FD);
-        loop {
-            match libc::sigwaitinfo(&set, std::ptr::null_mut()) {
-                libc::SIGCHLD => {
-                    while libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) > 0 {}
-                }
-                libc::SIGTERM | libc::SIGINT => libc::_exit(0),
-                _ => {}
-            }
-        }
-    }
+/// The daemon-wide sealed copy of the program, made on first use.
+fn program() -> io::Result<&'static SealedExe> {
+    static SEALED: OnceLock<Result<SealedExe, String>> = OnceLock::new();
+    const NAME: &CStr = c"berth-pod-init";
+    SEALED
+        .get_or_init(|| SealedExe::from_bytes(NAME, PROGRAM).map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| io::Error::other(format!("sealing the pod init program: {e}")))
 }
 
 /// A running pod init, identified by PID, start time and boot, so a reused PID (also
@@ -73,10 +72,11 @@ fn boot() -> u64 {
 /// Starts the pod init as a child of the calling thread, which must already be in the
 /// pod's namespaces with `unshare(CLONE_NEWPID)` done (so the child is PID 1 of a new PID
 /// namespace). The child starts its own session (a signal to the daemon's process group
-/// does not reach it, and it outlives the daemon) and joins the cgroups whose
-/// `cgroup.procs` files are given, before it execs.
+/// does not reach it, and it outlives the daemon); once running it joins the cgroups whose
+/// `cgroup.procs` files are given.
 pub(crate) fn spawn(cgroup_procs: &[impl AsRef<Path>]) -> io::Result<InitProcess> {
-    let exec = sealed_exe::shared()?.prepare(&[POD_INIT_NAME, POD_INIT_ARG], &[])?;
+    let count = cgroup_procs.len().to_string();
+    let exec = program()?.prepare(&[POD_INIT_NAME, &count], &[])?;
     let procs: Vec<OwnedFd> = cgroup_procs
         .iter()
         .map(|p| {
@@ -87,6 +87,12 @@ pub(crate) fn spawn(cgroup_procs: &[impl AsRef<Path>]) -> io::Result<InitProcess
                 .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.as_ref().display())))
         })
         .collect::<io::Result<_>>()?;
+    if procs.len() > MAX_HIERARCHIES {
+        return Err(io::Error::other(format!(
+            "{} cgroup hierarchies; the pod init takes at most {MAX_HIERARCHIES}",
+            procs.len()
+        )));
+    }
     let proc_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
     let (ready_read, ready_write) = ready_pipe()?;
     let ready_fd = ready_write.as_raw_fd();
@@ -104,17 +110,27 @@ pub(crate) fn spawn(cgroup_procs: &[impl AsRef<Path>]) -> io::Result<InitProcess
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
-            // dup2 clears close-on-exec on the copy: the init inherits exactly this one.
-            if libc::dup2(ready_fd, READY_FD) < 0 {
+            // Lift every fd still needed above the slots the init gets first, so no dup2
+            // below overwrites one of them.
+            let floor = FIRST_CGROUP_FD + proc_fds.len() as libc::c_int;
+            let exe = libc::fcntl(exec.fd(), libc::F_DUPFD_CLOEXEC, floor);
+            if exe < 0 {
                 return Err(io::Error::last_os_error());
             }
-            for fd in &proc_fds {
-                // "0" moves the writing process itself.
-                if libc::write(*fd, b"0".as_ptr().cast(), 1) < 0 {
+            let mut lifted = [0; MAX_HIERARCHIES + 1];
+            for (slot, fd) in lifted.iter_mut().zip([ready_fd].iter().chain(&proc_fds)) {
+                *slot = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, floor);
+                if *slot < 0 {
                     return Err(io::Error::last_os_error());
                 }
             }
-            Err(exec.exec())
+            // dup2 clears close-on-exec on the copies: the init inherits exactly these.
+            for (target, fd) in (READY_FD..).zip(&lifted[..=proc_fds.len()]) {
+                if libc::dup2(*fd, target) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Err(exec.exec_from(exe))
         });
     }
     let child = cmd
