@@ -18,12 +18,12 @@ log() { echo "install: $*" >&2; }
 [[ $(id -u) == 0 ]] || { log "run as root (berth creates namespaces, mounts and cgroups)"; exit 1; }
 
 # Debian packages. Runtime: iptables and the CNI plugins. Build: protoc (tonic), clang,
-# libseccomp. Tests: the registry, skopeo and friends; a static busybox for test rootfs
+# libseccomp, and a static libc for the pod init program (sandbox/build.rs). Tests: the registry, skopeo and friends; a static busybox for test rootfs
 # (it conflicts with the dynamic `busybox` package, which the image builder only
 # downloads); the Wasm toolchain for the test modules; containerd + runc for the
 # side-by-side comparisons.
 PACKAGES=(
-    protobuf-compiler pkg-config clang lld libseccomp-dev gcc make
+    protobuf-compiler pkg-config clang lld libseccomp-dev gcc libc6-dev make
     containernetworking-plugins iptables iproute2 util-linux procps kmod
     docker-registry skopeo apache2-utils jq curl python3
     busybox-static wabt wasi-libc
