@@ -91,6 +91,11 @@ def rss_kb(pid):
     return proc_kb(pid, "status", "VmRSS")
 
 
+def uss_kb(pid):
+    """Memory only this process holds (private clean + private dirty pages)."""
+    return proc_kb(pid, "smaps_rollup", "Private_Clean") + proc_kb(pid, "smaps_rollup", "Private_Dirty")
+
+
 def ppid(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -282,6 +287,37 @@ def first_line_series(cri, pod, label, image, command, runs, warmups, before=Non
             "samples_total_ms": [round(s[2], 3) for s in samples]}
 
 
+def host_network_pods(cri, runs, warmups=2):
+    """RunPodSandbox / StopPodSandbox / RemovePodSandbox of an empty pod on the host network
+    (its own PID namespace, so berth starts its pod init and containerd its pause container)."""
+    pb = cri.pb
+    series = {"run": [], "stop": [], "remove": []}
+    for i in range(warmups + runs):
+        logdir = os.path.join(cri.workdir, "logs", f"host-{i}")
+        os.makedirs(logdir, exist_ok=True)
+        cfg = pb.PodSandboxConfig(
+            metadata=pb.PodSandboxMetadata(name=f"host-{i}", namespace="berth-bench",
+                                           uid=f"bench-host-{i}-{os.getpid()}"),
+            log_directory=logdir,
+            linux=pb.LinuxPodSandboxConfig(security_context=pb.LinuxSandboxSecurityContext(
+                namespace_options=pb.NamespaceOption(network=pb.NODE))))
+        t0 = time.perf_counter()
+        pod_id = cri.rt.RunPodSandbox(pb.RunPodSandboxRequest(config=cfg), timeout=120).pod_sandbox_id
+        t1 = time.perf_counter()
+        cri.rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=120)
+        t2 = time.perf_counter()
+        cri.rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=120)
+        t3 = time.perf_counter()
+        if i >= warmups:
+            for k, v in zip(series, (t1 - t0, t2 - t1, t3 - t2)):
+                series[k].append(ms(v))
+    out = {"runs": runs, "warmups": warmups}
+    for k, v in series.items():
+        out[f"{k}_ms"] = statistics.median(v)
+        out[f"samples_{k}_ms"] = [round(x, 3) for x in v]
+    return out
+
+
 def idle_memory(cri, runtime, label, image, command, n, wait_text):
     """PSS of each container process and its parent (berth's monitor, containerd's shim)."""
     pod = cri.run_pod(f"mem-{label}")
@@ -309,6 +345,7 @@ def idle_memory(cri, runtime, label, image, command, n, wait_text):
                      "runtime": info.get("runtime", "native"),
                      "ctr_pss_kb": pss_kb(pid), "ctr_rss_kb": rss_kb(pid),
                      "parent_pss_kb": pss_kb(parent), "parent_rss_kb": rss_kb(parent),
+                     "parent_uss_kb": uss_kb(parent),
                      "parent_rss_anon_kb": proc_kb(parent, "status", "RssAnon"),
                      "parent_rss_file_kb": proc_kb(parent, "status", "RssFile"),
                      "parent_rss_shmem_kb": proc_kb(parent, "status", "RssShmem")})
@@ -322,6 +359,7 @@ def idle_memory(cri, runtime, label, image, command, n, wait_text):
             raise RuntimeError(f"{label}: parent of pid {bad[0]['pid']} is not a monitor: {bad[0]['parent_cmd']}")
         out["monitor_pss_kb_avg"] = statistics.mean(r["parent_pss_kb"] for r in rows)
         out["monitor_rss_kb_avg"] = statistics.mean(r["parent_rss_kb"] for r in rows)
+        out["monitor_uss_kb_avg"] = statistics.mean(r["parent_uss_kb"] for r in rows)
         # VmRSS = anonymous + file-backed (libc, ...) + shmem (the sealed memfd copy of berth
         # the monitor runs from, shared by all monitors).
         for part in ("anon", "file", "shmem"):
@@ -335,6 +373,7 @@ def idle_memory(cri, runtime, label, image, command, n, wait_text):
             raise RuntimeError(f"{label}: unexpected parents {parents}: {rows[0]['parent_cmd']}")
         out["shim_pss_kb"] = pss_kb(shim)
         out["shim_rss_kb"] = rss_kb(shim)
+        out["shim_uss_kb"] = uss_kb(shim)
         out["per_container_pss_kb"] = out["ctr_pss_kb_avg"] + out["shim_pss_kb"] / n
     cri.remove_pod(pod[0])
     return out
@@ -429,7 +468,7 @@ def main():
     ap.add_argument("--scale-pods", type=int, default=10)
     ap.add_argument("--scale-seconds", type=int, default=600)
     ap.add_argument("--min-available-mib", type=int, default=3072)
-    ap.add_argument("--only", default="first-line,memory,scale")
+    ap.add_argument("--only", default="first-line,pods-host,memory,scale")
     ap.add_argument("--daemon-pid", type=int, default=0)
     a = ap.parse_args()
     global DAEMON_PID
@@ -468,6 +507,8 @@ def main():
                     before=lambda: clear_wasm_cache(a.root), after_create=lambda: check_compiled(a.root),
                     expect_runtime="wasm"))
             cri.remove_pod(pod[0])
+        if "pods-host" in only:
+            step("pods-host", lambda: host_network_pods(cri, a.runs))
         if "memory" in only:
             step("memory-native", lambda: idle_memory(
                 cri, a.runtime, "sleep", BUSYBOX, ["/bin/sleep", "3600"], a.mem_containers, None))

@@ -19,17 +19,14 @@ pub(crate) fn release_clean_file_pages() {
     for line in BufReader::new(smaps).lines().map_while(Result::ok) {
         if let Some((range, rest)) = mapping_header(&line) {
             candidate = clean_file_mapping(range, rest);
-        } else if let Some(kb) = line.strip_prefix("Anonymous:") {
-            if let Some((start, end)) = candidate.take()
-                && kb.trim().trim_end_matches("kB").trim() == "0"
-            {
-                // SAFETY: the range is a private, read-only file mapping with no
-                // anonymous pages: dropping its page-table entries only makes the next
-                // access fault the same file contents back in.
-                unsafe {
-                    libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED)
-                };
-            }
+        } else if let Some(kb) = line.strip_prefix("Anonymous:")
+            && let Some((start, end)) = candidate.take()
+            && kb.trim().trim_end_matches("kB").trim() == "0"
+        {
+            // SAFETY: the range is a private, read-only file mapping with no anonymous
+            // pages: dropping its page-table entries only makes the next access fault the
+            // same file contents back in.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
         }
     }
 }
