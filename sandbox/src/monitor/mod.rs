@@ -93,7 +93,6 @@ fn run_create(dir: &Path) -> i32 {
     println!("ok {}", monitor.child.pid);
     let _ = io::stdout().flush();
     detach_stdio();
-    trim::release_clean_file_pages();
     monitor.run()
 }
 
@@ -124,6 +123,9 @@ struct Monitor {
     cgroup: Option<Cgroup>,
     oom_baseline: u64,
     started: bool,
+    /// Unmap the clean file pages set-up touched just before the next poll (`trim`): done
+    /// there, nothing but the poll itself runs between the drop and the idle wait.
+    trim_before_poll: bool,
     start_error: Option<String>,
 }
 
@@ -280,6 +282,7 @@ impl Monitor {
             cgroup,
             oom_baseline,
             started: false,
+            trim_before_poll: true,
             start_error: None,
         })
     }
@@ -295,6 +298,9 @@ impl Monitor {
                 fds.push(poll_fd(f.as_raw_fd()));
             }
             fds.extend(self.attachments.poll_fds());
+            if std::mem::take(&mut self.trim_before_poll) {
+                trim::release_clean_file_pages();
+            }
             // SAFETY: fds is a valid array of pollfd for the duration of the call.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
             if n < 0 {
@@ -395,10 +401,8 @@ impl Monitor {
             Err(msg) => format!("err {}\n", msg.replace('\n', " ")),
         };
         let _ = conn.write_all(line.as_bytes());
-        if started {
-            // After the reply, so StartContainer does not wait for it.
-            trim::release_clean_file_pages();
-        }
+        // Starting touched more code; drop it again once the container runs.
+        self.trim_before_poll |= started;
     }
 
     fn resize(&self, request: &str) -> Result<(), String> {
