@@ -32,6 +32,7 @@ struct SigSet([c_ulong; 1024 / (8 * core::mem::size_of::<c_ulong>())]);
 #[link(name = "c")]
 unsafe extern "C" {
     fn prctl(option: c_int, ...) -> c_int;
+    fn chdir(path: *const c_char) -> c_int;
     fn sigemptyset(set: *mut SigSet) -> c_int;
     fn sigaddset(set: *mut SigSet, sig: c_int) -> c_int;
     fn sigprocmask(how: c_int, set: *const SigSet, old: *mut SigSet) -> c_int;
@@ -54,6 +55,8 @@ extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
     // NUL-terminated strings.
     unsafe {
         prctl(PR_SET_NAME, c"berth-pod-init".as_ptr());
+        // Keep no directory of the daemon's busy.
+        chdir(c"/".as_ptr());
         // As PID 1 of a namespace, a signal with the default action is dropped; a blocked
         // one is queued, so block the ones we act on and take them synchronously.
         let mut set = SigSet([0; _]);

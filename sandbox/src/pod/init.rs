@@ -9,12 +9,10 @@
 //! pod depends on where its idle reaper is accounted, so RunPodSandbox does not wait for
 //! that. The daemon runs with `KillMode=process`, so the short stay in its cgroup is safe.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
@@ -32,9 +30,6 @@ const READY_FD: libc::c_int = 3;
 /// The pod's `cgroup.procs` files, open for writing, are fds `FIRST_CGROUP_FD..`; their
 /// count is the init's first argument.
 const FIRST_CGROUP_FD: libc::c_int = 4;
-/// More cgroup v1 hierarchies than any kernel has (the fd table is built without
-/// allocating, between fork and exec).
-const MAX_HIERARCHIES: usize = 32;
 const _: () = assert!(FIRST_CGROUP_FD == READY_FD + 1);
 
 /// The daemon-wide sealed copy of the program, made on first use.
@@ -74,9 +69,10 @@ fn boot() -> u64 {
 /// namespace). The child starts its own session (a signal to the daemon's process group
 /// does not reach it, and it outlives the daemon); once running it joins the cgroups whose
 /// `cgroup.procs` files are given.
+///
+/// `posix_spawn` rather than fork: glibc's shares the daemon's memory with the child until
+/// the exec instead of copying its page tables, a few hundred microseconds per pod.
 pub(crate) fn spawn(cgroup_procs: &[impl AsRef<Path>]) -> io::Result<InitProcess> {
-    let count = cgroup_procs.len().to_string();
-    let exec = program()?.prepare(&[POD_INIT_NAME, &count], &[])?;
     let procs: Vec<OwnedFd> = cgroup_procs
         .iter()
         .map(|p| {
@@ -87,58 +83,63 @@ pub(crate) fn spawn(cgroup_procs: &[impl AsRef<Path>]) -> io::Result<InitProcess
                 .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.as_ref().display())))
         })
         .collect::<io::Result<_>>()?;
-    if procs.len() > MAX_HIERARCHIES {
-        return Err(io::Error::other(format!(
-            "{} cgroup hierarchies; the pod init takes at most {MAX_HIERARCHIES}",
-            procs.len()
-        )));
-    }
-    let proc_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
     let (ready_read, ready_write) = ready_pipe()?;
-    let ready_fd = ready_write.as_raw_fd();
-    // The program is never executed: the last pre_exec hook replaces the child with the
-    // sealed copy and returns only its error.
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .current_dir("/");
-    // SAFETY: between fork and exec the hook only makes syscalls and builds io::Errors
-    // from errno (no allocation).
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // Lift every fd still needed above the slots the init gets first, so no dup2
-            // below overwrites one of them.
-            let floor = FIRST_CGROUP_FD + proc_fds.len() as libc::c_int;
-            let exe = libc::fcntl(exec.fd(), libc::F_DUPFD_CLOEXEC, floor);
-            if exe < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let mut lifted = [0; MAX_HIERARCHIES + 1];
-            for (slot, fd) in lifted.iter_mut().zip([ready_fd].iter().chain(&proc_fds)) {
-                *slot = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, floor);
-                if *slot < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            // dup2 clears close-on-exec on the copies: the init inherits exactly these.
-            for (target, fd) in (READY_FD..).zip(&lifted[..=proc_fds.len()]) {
-                if libc::dup2(*fd, target) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            Err(exec.exec_from(exe))
-        });
+    // The child gets the ready pipe at fd 3 and the cgroup.procs files from fd 4. Every
+    // fd it needs is first duplicated above those slots, so placing one never overwrites
+    // another (nor the program).
+    let floor = FIRST_CGROUP_FD + procs.len() as libc::c_int;
+    let lift = |fd: libc::c_int| -> io::Result<OwnedFd> {
+        // SAFETY: fcntl on an open fd; the new fd is ours.
+        match unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, floor) } {
+            -1 => Err(io::Error::last_os_error()),
+            new => Ok(unsafe { OwnedFd::from_raw_fd(new) }),
+        }
+    };
+    let program = lift(self::program()?.raw_fd())?;
+    let passed: Vec<OwnedFd> = std::iter::once(ready_write.as_raw_fd())
+        .chain(procs.iter().map(|f| f.as_raw_fd()))
+        .map(lift)
+        .collect::<io::Result<_>>()?;
+
+    let path = CString::new(format!("/proc/self/fd/{}", program.as_raw_fd()))?;
+    let count = CString::new(procs.len().to_string())?;
+    let name = CString::new(POD_INIT_NAME)?;
+    let argv = [name.as_ptr(), count.as_ptr(), std::ptr::null()];
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    let mut actions = SpawnFileActions::new()?;
+    for (target, open_flags) in [
+        (0, libc::O_RDONLY),
+        (1, libc::O_WRONLY),
+        (2, libc::O_WRONLY),
+    ] {
+        actions.open(target, c"/dev/null", open_flags)?;
     }
-    let child = cmd
-        .spawn()
-        .map_err(|e| io::Error::new(e.kind(), format!("starting the pod init: {e}")))?;
-    drop(procs);
-    drop(ready_write);
-    let pid = child.id() as i32;
+    // dup2 clears close-on-exec on the copies: the init inherits exactly these.
+    for (target, fd) in (READY_FD..).zip(&passed) {
+        actions.dup2(fd.as_raw_fd(), target)?;
+    }
+    let attr = SpawnAttr::session_leader_with_no_blocked_signals()?;
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: valid file actions and attributes, NUL-terminated argv and envp of live C
+    // strings.
+    let rc = unsafe {
+        libc::posix_spawn(
+            &mut pid,
+            path.as_ptr(),
+            &actions.0,
+            &attr.0,
+            argv.as_ptr().cast(),
+            envp.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::from_raw_os_error(rc);
+        return Err(io::Error::new(
+            e.kind(),
+            format!("starting the pod init: {e}"),
+        ));
+    }
+    drop((procs, passed, program, ready_write));
     if let Err(e) = wait_ready(ready_read, pid) {
         // Still our unreaped child, so the PID is still its.
         // SAFETY: kill and waitpid on that child.
@@ -148,8 +149,8 @@ pub(crate) fn spawn(cgroup_procs: &[impl AsRef<Path>]) -> io::Result<InitProcess
         }
         return Err(e);
     }
-    // The Child handle is dropped without waiting: berth reaps the init when it stops the
-    // pod (`terminate`), and after a daemon restart the host's init does.
+    // Not waited for here: berth reaps the init when it stops the pod (`terminate`), and
+    // after a daemon restart the host's init does.
     let start_time = proc_start_time(pid)?
         .ok_or_else(|| io::Error::other(format!("the pod init (pid {pid}) exited at once")))?;
     Ok(InitProcess {
@@ -159,8 +160,76 @@ pub(crate) fn spawn(cgroup_procs: &[impl AsRef<Path>]) -> io::Result<InitProcess
     })
 }
 
+/// `posix_spawn_file_actions_t`, destroyed on drop.
+struct SpawnFileActions(libc::posix_spawn_file_actions_t);
+
+impl SpawnFileActions {
+    fn new() -> io::Result<Self> {
+        // SAFETY: init fills the zeroed struct; it is destroyed in Drop.
+        unsafe {
+            let mut a = std::mem::zeroed();
+            check(libc::posix_spawn_file_actions_init(&mut a))?;
+            Ok(Self(a))
+        }
+    }
+
+    fn open(&mut self, fd: libc::c_int, path: &'static CStr, flags: libc::c_int) -> io::Result<()> {
+        // SAFETY: an initialised struct and a static C string.
+        check(unsafe {
+            libc::posix_spawn_file_actions_addopen(&mut self.0, fd, path.as_ptr(), flags, 0)
+        })
+    }
+
+    fn dup2(&mut self, fd: libc::c_int, target: libc::c_int) -> io::Result<()> {
+        // SAFETY: an initialised struct.
+        check(unsafe { libc::posix_spawn_file_actions_adddup2(&mut self.0, fd, target) })
+    }
+}
+
+impl Drop for SpawnFileActions {
+    fn drop(&mut self) {
+        // SAFETY: initialised in new.
+        unsafe { libc::posix_spawn_file_actions_destroy(&mut self.0) };
+    }
+}
+
+/// `posix_spawnattr_t`, destroyed on drop.
+struct SpawnAttr(libc::posix_spawnattr_t);
+
+impl SpawnAttr {
+    /// setsid in the child, and an empty signal mask whatever the calling thread blocks.
+    fn session_leader_with_no_blocked_signals() -> io::Result<Self> {
+        // SAFETY: init fills the zeroed struct (destroyed in Drop); the sigset is a local.
+        unsafe {
+            let mut a = std::mem::zeroed();
+            check(libc::posix_spawnattr_init(&mut a))?;
+            let mut attr = Self(a);
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            check(libc::posix_spawnattr_setsigmask(&mut attr.0, &none))?;
+            let flags = libc::POSIX_SPAWN_SETSID | libc::POSIX_SPAWN_SETSIGMASK as libc::c_short;
+            check(libc::posix_spawnattr_setflags(&mut attr.0, flags))?;
+            Ok(attr)
+        }
+    }
+}
+
+impl Drop for SpawnAttr {
+    fn drop(&mut self) {
+        // SAFETY: initialised in the constructor.
+        unsafe { libc::posix_spawnattr_destroy(&mut self.0) };
+    }
+}
+
+/// posix_spawn's functions return an error number instead of setting errno.
+fn check(rc: libc::c_int) -> io::Result<()> {
+    match rc {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
 fn ready_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    use std::os::fd::FromRawFd;
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills two fds on success.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
