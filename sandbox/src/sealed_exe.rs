@@ -6,10 +6,10 @@
 //! open `/proc/<pid>/exe` and, if that is the daemon's binary on disk, overwrite it and take
 //! the host the next time the daemon runs. So such processes run a memfd copy
 //! whose contents are sealed (no write, grow, shrink, nor further seal changes): `exe`
-//! points at a file nobody can write. Each copy is made once per daemon and shared; each
-//! process is started with `execveat(fd, "", AT_EMPTY_PATH)`.
+//! points at a file nobody can write. Each copy is made once per daemon and shared; a
+//! process is started from it through `/proc/self/fd/<fd>`.
 
-use std::ffi::{CStr, CString, c_char};
+use std::ffi::CStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -77,81 +77,6 @@ impl SealedExe {
             Ok(s)
         }
     }
-
-    /// Prepares an exec of the sealed copy with `argv` and `env` ("KEY=value"), so that
-    /// a forked child can run it without allocating.
-    pub fn prepare(&self, argv: &[&str], env: &[&str]) -> io::Result<PreparedExec> {
-        let cstrings = |v: &[&str]| -> io::Result<Vec<CString>> {
-            v.iter()
-                .map(|s| {
-                    CString::new(*s).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
-                })
-                .collect()
-        };
-        let argv = cstrings(argv)?;
-        let env = cstrings(env)?;
-        let pointers = |v: &[CString]| -> Vec<*const c_char> {
-            v.iter()
-                .map(|c| c.as_ptr())
-                .chain([std::ptr::null()])
-                .collect()
-        };
-        Ok(PreparedExec {
-            fd: self.fd.as_raw_fd(),
-            argv_ptrs: pointers(&argv),
-            env_ptrs: pointers(&env),
-            _argv: argv,
-            _env: env,
-        })
-    }
-}
-
-/// An exec of the sealed copy, ready to run in a forked child.
-pub struct PreparedExec {
-    fd: RawFd,
-    argv_ptrs: Vec<*const c_char>,
-    env_ptrs: Vec<*const c_char>,
-    // The strings the pointers point into; never touched after construction.
-    _argv: Vec<CString>,
-    _env: Vec<CString>,
-}
-
-// SAFETY: the pointers point into the CStrings owned by the same value, which are never
-// mutated, so moving or sharing the whole is sound.
-unsafe impl Send for PreparedExec {}
-unsafe impl Sync for PreparedExec {}
-
-impl PreparedExec {
-    /// Replaces the calling process with the sealed copy. Async-signal-safe (no
-    /// allocation), for use between fork and exec, e.g. as the last `pre_exec` hook of a
-    /// `std::process::Command`. Returns only on failure.
-    pub fn exec(&self) -> io::Error {
-        self.exec_from(self.fd)
-    }
-
-    /// The sealed copy's fd in this process.
-    pub fn fd(&self) -> RawFd {
-        self.fd
-    }
-
-    /// `exec` through another fd of the same sealed copy (a duplicate placed where the
-    /// child's fd shuffling cannot overwrite it).
-    pub fn exec_from(&self, fd: RawFd) -> io::Error {
-        // SAFETY: NULL-terminated arrays of pointers to live C strings; the fd is a memfd
-        // that lives as long as the daemon (the shared copy is never dropped), or a
-        // duplicate of it.
-        unsafe {
-            libc::syscall(
-                libc::SYS_execveat,
-                fd,
-                c"".as_ptr(),
-                self.argv_ptrs.as_ptr(),
-                self.env_ptrs.as_ptr(),
-                libc::AT_EMPTY_PATH,
-            );
-        }
-        io::Error::last_os_error()
-    }
 }
 
 #[cfg(test)]
@@ -174,9 +99,16 @@ mod tests {
     }
 
     #[test]
-    fn prepare_rejects_nul_bytes() {
-        let exe = shared().unwrap();
-        assert!(exe.prepare(&["a\0b"], &[]).is_err());
-        assert!(exe.prepare(&["berth", "x"], &["A=b"]).is_ok());
+    fn a_program_from_bytes_is_sealed_with_those_bytes() {
+        let exe = SealedExe::from_bytes(c"test", b"\x7fELF and so on").unwrap();
+        assert_eq!(exe.seals().unwrap() & SEALS, SEALS);
+        let path = format!("/proc/self/fd/{}", exe.raw_fd());
+        assert_eq!(std::fs::read(&path).unwrap(), b"\x7fELF and so on");
+        assert!(
+            std::fs::read_link(&path)
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("/memfd:test")
+        );
     }
 }

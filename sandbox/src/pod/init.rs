@@ -32,6 +32,11 @@ const READY_FD: libc::c_int = 3;
 const FIRST_CGROUP_FD: libc::c_int = 4;
 const _: () = assert!(FIRST_CGROUP_FD == READY_FD + 1);
 
+/// Seals the program ahead of the first pod.
+pub(crate) fn prepare() -> io::Result<()> {
+    program().map(drop)
+}
+
 /// The daemon-wide sealed copy of the program, made on first use.
 fn program() -> io::Result<&'static SealedExe> {
     static SEALED: OnceLock<Result<SealedExe, String>> = OnceLock::new();

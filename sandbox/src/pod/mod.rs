@@ -130,8 +130,8 @@ impl PodManager {
     /// Loads every pod record, and releases CNI attachments no pod owns any more (left by
     /// a crash between CNI ADD and the record's commit).
     pub fn new(cfg: PodManagerConfig, meta: Arc<MetaStore>) -> Result<PodManager, PodError> {
-        // Made now so the first pod does not pay for the copy.
-        crate::sealed_exe::shared().map_err(io_err("preparing the pod init"))?;
+        // Sealed now so the first pod does not pay for it.
+        init::prepare().map_err(io_err("preparing the pod init"))?;
         let cni = CniInvoker {
             bin_dirs: cfg.cni_bin_dirs.clone(),
             cache_dir: cfg.cni_cache_dir.clone(),
