@@ -2,8 +2,8 @@
 //! the orphans that get reparented to it, until SIGTERM or SIGINT.
 //!
 //! A program of its own, with no Rust std and a static libc, so it execs in a fraction of a
-//! millisecond and stays at a few KiB of memory per pod. `sandbox/build.rs` compiles it; the
-//! daemon embeds it and runs it from a sealed memfd (`sandbox::pod::init`).
+//! millisecond and holds about 0.6 MiB resident, 0.2 MiB PSS per pod. `sandbox/build.rs`
+//! compiles it; the daemon embeds it and runs it from a sealed memfd (`sandbox::pod::init`).
 //!
 //! Contract with `sandbox::pod::init::spawn`: fd 3 is the ready pipe (one byte, then it is
 //! closed); fds 4.. are the pod's `cgroup.procs` files, and argv[1] says how many.

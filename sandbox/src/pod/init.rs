@@ -1,7 +1,7 @@
 //! The pod init: the process that holds a pod's PID namespace (PID 1 in it) and reaps
 //! orphans until SIGTERM or SIGINT. It is a tiny static program of its own
 //! (`sandbox/pod-init/main.rs`, built by `sandbox/build.rs`), embedded here and run from a
-//! sealed memfd (see `sealed_exe`), so it starts fast and holds a few KiB per pod.
+//! sealed memfd (see `sealed_exe`), so it starts fast and stays small (0.6 MiB resident).
 //!
 //! It joins the pod's cgroups itself, right after it reports ready. On cgroup v1 the first
 //! move of a process after a quiet spell waits for an RCU grace period (the kernel's
