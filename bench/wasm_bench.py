@@ -170,13 +170,20 @@ class Cri:
     def pull(self, image):
         self.img.PullImage(self.pb.PullImageRequest(image=self.pb.ImageSpec(image=image)), timeout=300)
 
-    def run_pod(self, name, annotations=None):
+    def pod_config(self, name, annotations=None, host_network=False):
+        """A pod config with its own log directory; `host_network`: network NODE."""
         logdir = os.path.join(self.workdir, "logs", name)
         os.makedirs(logdir, exist_ok=True)
+        linux = self.pb.LinuxPodSandboxConfig()
+        if host_network:
+            linux.security_context.namespace_options.network = self.pb.NODE
         cfg = self.pb.PodSandboxConfig(
             metadata=self.pb.PodSandboxMetadata(name=name, namespace="berth-bench", uid=f"bench-{name}-{os.getpid()}"),
-            log_directory=logdir, annotations=annotations or {},
-            linux=self.pb.LinuxPodSandboxConfig())
+            log_directory=logdir, annotations=annotations or {}, linux=linux)
+        return cfg, logdir
+
+    def run_pod(self, name, annotations=None):
+        cfg, logdir = self.pod_config(name, annotations)
         pid = self.rt.RunPodSandbox(self.pb.RunPodSandboxRequest(config=cfg), timeout=120).pod_sandbox_id
         self.pods.append(pid)
         return (pid, cfg, logdir)
@@ -293,14 +300,7 @@ def host_network_pods(cri, runs, warmups=2):
     pb = cri.pb
     series = {"run": [], "stop": [], "remove": []}
     for i in range(warmups + runs):
-        logdir = os.path.join(cri.workdir, "logs", f"host-{i}")
-        os.makedirs(logdir, exist_ok=True)
-        cfg = pb.PodSandboxConfig(
-            metadata=pb.PodSandboxMetadata(name=f"host-{i}", namespace="berth-bench",
-                                           uid=f"bench-host-{i}-{os.getpid()}"),
-            log_directory=logdir,
-            linux=pb.LinuxPodSandboxConfig(security_context=pb.LinuxSandboxSecurityContext(
-                namespace_options=pb.NamespaceOption(network=pb.NODE))))
+        cfg, _ = cri.pod_config(f"host-{i}", host_network=True)
         t0 = time.perf_counter()
         pod_id = cri.rt.RunPodSandbox(pb.RunPodSandboxRequest(config=cfg), timeout=120).pod_sandbox_id
         t1 = time.perf_counter()

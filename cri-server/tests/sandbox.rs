@@ -564,11 +564,10 @@ async fn the_pod_init_holds_the_pid_namespace_and_outlives_the_daemon() {
         let cgroups = std::fs::read_to_string(proc_dir.join("cgroup")).unwrap();
         cgroups.contains(&format!("{}/{id}", net.cgroup_parent))
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !in_pod_cgroup() && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert!(in_pod_cgroup(), "the pod init is not in the pod cgroup");
+    assert!(
+        eventually(Duration::from_secs(5), in_pod_cgroup).await,
+        "the pod init is not in the pod cgroup"
+    );
     // It shares the host network (NODE) but not the host IPC namespace.
     let host_ipc = std::fs::read_link("/proc/self/ns/ipc").unwrap();
     assert_ne!(
@@ -798,6 +797,18 @@ async fn a_hundred_cycles_leak_nothing() {
     assert_eq!(count_pod_inits(&net.cgroup_parent), 0, "pod inits leaked");
 }
 
+/// Polls `cond` every 10 ms until it holds or `within` has passed; whether it held.
+async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
 /// Live pod inits (not zombies: after a daemon restart the host's init reaps them) in pods
 /// under `cgroup_parent` (other tests and daemons have their own).
 fn count_pod_inits(cgroup_parent: &str) -> usize {
@@ -868,10 +879,10 @@ async fn a_pod_without_a_record_is_cleaned_up_at_start() {
     }];
     let id = run(&mut rt, config).await.expect("RunPodSandbox");
     // The init joins the pod cgroup just after it reports ready.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while count_pod_inits(&net.cgroup_parent) == 0 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    eventually(Duration::from_secs(5), || {
+        count_pod_inits(&net.cgroup_parent) > 0
+    })
+    .await;
     assert_eq!(count_pod_inits(&net.cgroup_parent), 1);
 
     daemon.kill9();
