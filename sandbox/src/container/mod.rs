@@ -22,7 +22,7 @@ pub(crate) mod terminal;
 
 use std::ffi::OsString;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -403,15 +403,18 @@ pub fn state(dir: &Path) -> Result<ContainerState, ContainerError> {
     }
     // The process is gone: its monitor is draining output and about to write the record.
     let deadline = Instant::now() + Duration::from_secs(2);
+    let mut monitor = MonitorWatch::open(dir);
     let mut pause = Backoff::new();
-    while monitor_alive(dir) && Instant::now() < deadline {
-        pause.sleep();
+    loop {
+        // Sampled before the read: a monitor found gone afterwards may have just written it.
+        let monitor_alive = monitor.alive();
         if let Some(exit) = read_exit(dir)? {
             return Ok(ContainerState::Exited(exit));
         }
-    }
-    if let Some(exit) = read_exit(dir)? {
-        return Ok(ContainerState::Exited(exit));
+        if !monitor_alive || Instant::now() >= deadline {
+            break;
+        }
+        monitor.nap(pause.next());
     }
     Ok(ContainerState::Exited(ExitRecord {
         exit_code: 255,
@@ -426,23 +429,76 @@ fn read_exit(dir: &Path) -> Result<Option<ExitRecord>, ContainerError> {
     state::read_json(dir, state::EXIT).map_err(io_ctx("reading exit.json"))
 }
 
-fn monitor_alive(dir: &Path) -> bool {
-    state::read_json::<ProcessId>(dir, state::MONITOR)
-        .ok()
-        .flatten()
-        .is_some_and(|m| m.is_alive())
+/// The container's monitor, watched through a pidfd. It exits right after it has recorded
+/// the container's exit, so a wait wakes the moment the record lands rather than at the
+/// next poll.
+struct MonitorWatch(Option<OwnedFd>);
+
+impl MonitorWatch {
+    fn open(dir: &Path) -> Self {
+        let pidfd = state::read_json::<ProcessId>(dir, state::MONITOR)
+            .ok()
+            .flatten()
+            .and_then(|m| {
+                let fd = crate::monitor::pidfd_open(m.pid).ok()?;
+                // Checked after opening: the pidfd then refers to this very monitor.
+                m.is_alive().then_some(fd)
+            });
+        MonitorWatch(pidfd)
+    }
+
+    fn alive(&mut self) -> bool {
+        self.nap(Duration::ZERO);
+        self.0.is_some()
+    }
+
+    /// Sleeps for `d`, or less if the monitor exits meanwhile.
+    fn nap(&mut self, d: Duration) {
+        let Some(fd) = &self.0 else {
+            std::thread::sleep(d);
+            return;
+        };
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ts = libc::timespec {
+            tv_sec: d.as_secs() as libc::time_t,
+            tv_nsec: d.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: one valid pollfd and a valid timeout for the duration of the call.
+        let n = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+        if n > 0 {
+            self.0 = None;
+        }
+    }
+
+    /// Waits up to `timeout` for the monitor to exit.
+    fn wait_gone(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.alive() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            self.nap(left);
+        }
+    }
 }
 
 /// Waits until the container has exited and its exit is recorded (or `timeout` passes).
 pub fn wait(dir: &Path, timeout: Duration) -> Result<ContainerState, ContainerError> {
     let deadline = Instant::now() + timeout;
+    let mut monitor = MonitorWatch::open(dir);
     let mut pause = Backoff::new();
     loop {
         let s = state(dir)?;
-        if matches!(s, ContainerState::Exited(_)) || Instant::now() >= deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if matches!(s, ContainerState::Exited(_)) || left.is_zero() {
             return Ok(s);
         }
-        pause.sleep();
+        monitor.nap(pause.next().min(left));
     }
 }
 
@@ -456,8 +512,14 @@ impl Backoff {
     }
 
     pub(crate) fn sleep(&mut self) {
-        std::thread::sleep(self.0);
+        std::thread::sleep(self.next());
+    }
+
+    /// The next pause, doubling the one after it.
+    pub(crate) fn next(&mut self) -> Duration {
+        let pause = self.0;
         self.0 = (self.0 * 2).min(Duration::from_millis(10));
+        pause
     }
 }
 
@@ -474,11 +536,7 @@ pub fn remove(dir: &Path) -> Result<(), ContainerError> {
         Err(e) => return Err(e),
     }
     let _ = wait(dir, Duration::from_secs(10))?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut pause = Backoff::new();
-    while monitor_alive(dir) && Instant::now() < deadline {
-        pause.sleep();
-    }
+    MonitorWatch::open(dir).wait_gone(Duration::from_secs(5));
     if let Some(spec) = &spec {
         if let Some(cg) = &spec.cgroup {
             let cgroup = Cgroup::at(&Hierarchy::detect(), &cg.path);
