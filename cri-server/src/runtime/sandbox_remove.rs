@@ -3,7 +3,7 @@
 
 use k8s_cri::v1::{RemovePodSandboxRequest, RemovePodSandboxResponse};
 
-use super::sandbox_stop::stop_containers_of_pod;
+use super::sandbox_stop::stop_pod;
 use crate::error::{CriResult, blocking};
 use crate::service::CriService;
 
@@ -11,7 +11,7 @@ pub async fn remove_pod_sandbox(
     svc: &CriService,
     req: RemovePodSandboxRequest,
 ) -> CriResult<RemovePodSandboxResponse> {
-    stop_containers_of_pod(svc, &req.pod_sandbox_id).await?;
+    stop_pod(svc, &req.pod_sandbox_id).await?;
     if let Ok(pod) = svc.pods.status(&req.pod_sandbox_id) {
         for rec in svc.containers.in_pod(&pod.record.id) {
             svc.containers.remove(&rec).await?;

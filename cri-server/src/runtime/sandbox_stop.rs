@@ -1,4 +1,4 @@
-//! StopPodSandbox: stops the pod's containers, then the pod itself (init and network).
+//! StopPodSandbox: kills the pod's containers and stops the pod itself (init and network).
 //! Idempotent; an unknown pod is not an error.
 
 use k8s_cri::v1::{StopPodSandboxRequest, StopPodSandboxResponse};
@@ -10,21 +10,30 @@ pub async fn stop_pod_sandbox(
     svc: &CriService,
     req: StopPodSandboxRequest,
 ) -> CriResult<StopPodSandboxResponse> {
-    stop_containers_of_pod(svc, &req.pod_sandbox_id).await?;
-    let pods = svc.pods.clone();
-    blocking(move || pods.stop(&req.pod_sandbox_id)).await??;
+    stop_pod(svc, &req.pod_sandbox_id).await?;
     Ok(StopPodSandboxResponse {})
 }
 
-/// Stops every container of the pod before its namespaces and network go. The kubelet has
-/// already given them their grace period; what still runs here is killed, as containerd
-/// does.
-pub(crate) async fn stop_containers_of_pod(svc: &CriService, pod_id: &str) -> CriResult<()> {
+/// Kills what still runs in the pod and stops the pod, both at once: the kubelet has already
+/// given the containers their grace period (what still runs is killed, as containerd does),
+/// and the network teardown spends most of its time waiting on the kernel (deleting the
+/// pod's veth waits out an RCU grace period), so the containers die meanwhile.
+pub(crate) async fn stop_pod(svc: &CriService, pod_id: &str) -> CriResult<()> {
     let Ok(pod) = svc.pods.status(pod_id) else {
         return Ok(());
     };
-    for rec in svc.containers.in_pod(&pod.record.id) {
-        svc.containers.stop(&rec, std::time::Duration::ZERO).await?;
-    }
+    let id = pod.record.id;
+    let containers = svc.containers.in_pod(&id);
+    let kill_containers = async {
+        for rec in &containers {
+            svc.containers.stop(rec, std::time::Duration::ZERO).await?;
+        }
+        CriResult::Ok(())
+    };
+    let pods = svc.pods.clone();
+    let stop_pod = blocking(move || pods.stop(&id));
+    let (killed, stopped) = tokio::join!(kill_containers, stop_pod);
+    killed?;
+    stopped??;
     Ok(())
 }

@@ -116,6 +116,11 @@ fn inherit_cpuset(parent: &Path, dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// The leaf directories `create(rel)` makes, whether or not they exist yet.
+pub fn leaf_dirs(rel: &Path) -> Vec<PathBuf> {
+    hierarchies().iter().map(|root| root.join(rel)).collect()
+}
+
 /// The `cgroup.procs` files that put a process in the pod's cgroups.
 pub fn procs_files(dirs: &[PathBuf]) -> Vec<PathBuf> {
     dirs.iter().map(|d| d.join("cgroup.procs")).collect()

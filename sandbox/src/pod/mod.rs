@@ -226,19 +226,19 @@ impl PodManager {
 
         let rel =
             cgroup::relative_path(&spec.cgroup_parent, &id).map_err(PodError::InvalidArgument)?;
-        let cgroup_dirs = cgroup::create(&rel).map_err(io_err("creating the pod cgroup"))?;
-        let dirs = cgroup_dirs.clone();
+        // For the clean-up after a crash before the record is written (`remove_orphan`).
+        write_file(&paths.dir.join(ORPHAN_CGROUP_FILE), &rel.to_string_lossy())?;
+        // The namespace thread creates it; removed after the init is gone (undo runs in
+        // reverse).
+        let dirs = cgroup::leaf_dirs(&rel);
         undo.push("pod cgroup", move || {
             log_failure("removing the pod cgroup", cgroup::remove(&dirs))
         });
-        // For the clean-up after a crash before the record is written (`remove_orphan`).
-        write_file(&paths.dir.join(ORPHAN_CGROUP_FILE), &rel.to_string_lossy())?;
 
         let ns_dir = paths.ns_dir.clone();
         undo.push("pinned namespaces", move || {
             log_failure("unpinning namespaces", namespaces::unpin_all(&ns_dir))
         });
-        let t_cgroup = started.elapsed();
         let mut pending = namespaces::start(NamespacePlan {
             dir: paths.ns_dir.clone(),
             network,
@@ -249,8 +249,8 @@ impl PodManager {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            pod_init: (spec.namespaces.pid == NamespaceMode::Pod)
-                .then(|| cgroup::procs_files(&cgroup_dirs)),
+            cgroup: rel,
+            pod_init: spec.namespaces.pid == NamespaceMode::Pod,
             user_namespace: spec.user_namespace,
         })?;
         pending.pinned()?;
@@ -266,7 +266,7 @@ impl PodManager {
 
         let hostname = write_name_files(&paths, &spec)?;
 
-        // CNI runs while the namespace thread starts the pod init.
+        // CNI runs while the namespace thread creates the cgroup and starts the pod init.
         let network_result = match &net_list {
             Some(list) => {
                 let cni = self.cni.clone();
@@ -280,7 +280,7 @@ impl PodManager {
             }
             None => Ok(None),
         };
-        let init = pending.finish()?;
+        let namespaces::Created { cgroup_dirs, init } = pending.finish()?;
         if let Some(init) = init {
             undo.push("pod init", move || {
                 log_failure("killing the pod init", init.terminate(INIT_EXIT_TIMEOUT))
@@ -320,7 +320,6 @@ impl PodManager {
         reservation.keep();
         tracing::debug!(
             pod = %id,
-            cgroup = ?t_cgroup,
             namespaces = ?t_namespaces,
             network = ?t_network,
             total = ?started.elapsed(),
@@ -340,14 +339,25 @@ impl PodManager {
     }
 
     fn stop_locked(&self, rec: &mut PodRecord) -> Result<(), PodError> {
-        if let Some(init) = rec.init {
-            init.terminate(INIT_EXIT_TIMEOUT)
-                .map_err(io_err("stopping the pod init"))?;
-        }
-        if rec.network_attached {
-            self.cni.del(&rec.id)?;
+        // The init, and with it every process of the pod's PID namespace, dies while the
+        // network goes: the CNI DEL mostly waits on the kernel (a veth's deletion waits out
+        // an RCU grace period), the init's end on its processes' exits.
+        let (init_stopped, detached) = std::thread::scope(|s| {
+            let detach = rec
+                .network_attached
+                .then(|| s.spawn(|| self.cni.del(&rec.id)));
+            let init_stopped = rec
+                .init
+                .map_or(Ok(()), |init| init.terminate(INIT_EXIT_TIMEOUT));
+            let detached =
+                detach.map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            (init_stopped, detached)
+        });
+        if let Some(detached) = detached {
+            detached?;
             rec.network_attached = false;
         }
+        init_stopped.map_err(io_err("stopping the pod init"))?;
         if !rec.stopped {
             rec.stopped = true;
             self.meta.put(&rec.id, &*rec)?;
@@ -492,10 +502,7 @@ fn remove_orphan(paths: &PodPaths) {
         namespaces::unpin_all(&paths.ns_dir),
     );
     if let Ok(rel) = std::fs::read_to_string(paths.dir.join(ORPHAN_CGROUP_FILE)) {
-        let dirs: Vec<PathBuf> = cgroup::hierarchies()
-            .iter()
-            .map(|h| h.join(rel.trim()))
-            .collect();
+        let dirs = cgroup::leaf_dirs(Path::new(rel.trim()));
         log_failure("removing an orphaned pod cgroup", cgroup::remove(&dirs));
     }
     log_failure(

@@ -7,6 +7,9 @@
 //! it then unshares CLONE_NEWPID, starts the pod init (PID 1 there) and pins its PID
 //! namespace. The thread ends; the bind mounts keep the namespaces alive.
 //!
+//! The same thread creates the pod's cgroup once the pins are in place (the init joins
+//! it): that way the cgroup's mkdirs overlap the caller's CNI ADD instead of preceding it.
+//!
 //! With a user namespace of the pod's own, a holder process creates it together with the
 //! network, UTS and IPC namespaces it owns (`userns`); the thread joins those instead of
 //! unsharing its own.
@@ -22,7 +25,7 @@ use nix::sched::{CloneFlags, unshare};
 
 use super::init::{self, InitProcess};
 use super::spec::UserNamespaceSpec;
-use super::{sysctl, userns};
+use super::{cgroup, sysctl, userns};
 
 /// The namespace kinds a pod may pin, in the order they are created.
 pub const KINDS: [&str; 5] = ["user", "net", "uts", "ipc", "pid"];
@@ -37,8 +40,10 @@ pub struct NamespacePlan {
     pub ipc: bool,
     /// Validated sysctls.
     pub sysctls: Vec<(String, String)>,
-    /// Start a pod init in a new PID namespace, joining these `cgroup.procs` files.
-    pub pod_init: Option<Vec<PathBuf>>,
+    /// The pod cgroup, relative to each hierarchy's root (`cgroup::relative_path`).
+    pub cgroup: PathBuf,
+    /// Start a pod init in a new PID namespace, in the pod cgroup.
+    pub pod_init: bool,
     /// A user namespace of the pod's own, owning the network, UTS and IPC namespaces.
     pub user_namespace: Option<UserNamespaceSpec>,
 }
@@ -69,12 +74,21 @@ pub fn pin_path(dir: &Path, kind: &str) -> PathBuf {
 }
 
 /// Namespaces being created. The thread reports once the network, UTS and IPC pins are
-/// in place (`pinned`) and then goes on to start the pod init, so the caller can run CNI
-/// meanwhile (`finish` collects the init). On failure whatever was pinned stays for the
-/// caller's `unpin_all`, which it must have registered before calling `start`.
+/// in place (`pinned`) and then goes on to create the cgroup and start the pod init, so
+/// the caller can run CNI meanwhile (`finish` collects both). On failure whatever was
+/// pinned or created stays for the caller's `unpin_all` and `cgroup::remove`, which it must
+/// have registered before calling `start`.
 pub struct PendingNamespaces {
     pinned: std::sync::mpsc::Receiver<Result<(), NamespaceError>>,
-    thread: Option<std::thread::JoinHandle<Result<Option<InitProcess>, NamespaceError>>>,
+    thread: Option<std::thread::JoinHandle<Result<Created, NamespaceError>>>,
+}
+
+/// What the namespace thread made besides the pins.
+#[derive(Debug, Default)]
+pub struct Created {
+    /// The pod cgroup's directory in every hierarchy.
+    pub cgroup_dirs: Vec<PathBuf>,
+    pub init: Option<InitProcess>,
 }
 
 /// Starts creating the namespaces of `plan` on a dedicated thread.
@@ -100,14 +114,14 @@ impl PendingNamespaces {
         }
     }
 
-    /// Waits for the whole creation; returns the pod init if one was started.
-    pub fn finish(mut self) -> Result<Option<InitProcess>, NamespaceError> {
+    /// Waits for the whole creation: the cgroup, and the pod init if one was asked for.
+    pub fn finish(mut self) -> Result<Created, NamespaceError> {
         self.join()
     }
 
-    fn join(&mut self) -> Result<Option<InitProcess>, NamespaceError> {
+    fn join(&mut self) -> Result<Created, NamespaceError> {
         let Some(thread) = self.thread.take() else {
-            return Ok(None);
+            return Ok(Created::default());
         };
         thread.join().unwrap_or_else(|_| {
             Err(NamespaceError::Sys {
@@ -122,7 +136,10 @@ impl Drop for PendingNamespaces {
     /// Abandoned (the pod creation failed elsewhere): an init started meanwhile must not
     /// outlive the pod.
     fn drop(&mut self) {
-        if let Ok(Some(init)) = self.join() {
+        if let Ok(Created {
+            init: Some(init), ..
+        }) = self.join()
+        {
             let _ = init.terminate(std::time::Duration::from_secs(5));
         }
     }
@@ -131,21 +148,26 @@ impl Drop for PendingNamespaces {
 fn create_on_this_thread(
     plan: &NamespacePlan,
     pinned: &std::sync::mpsc::Sender<Result<(), NamespaceError>>,
-) -> Result<Option<InitProcess>, NamespaceError> {
+) -> Result<Created, NamespaceError> {
     let started = std::time::Instant::now();
     let r = pin_own_namespaces(plan);
     let failed = r.is_err();
     let _ = pinned.send(r);
     if failed {
-        return Ok(None); // the error went to `pinned`
+        return Ok(Created::default()); // the error went to `pinned`
     }
     let pinned = started.elapsed();
-    let Some(cgroup_procs) = &plan.pod_init else {
-        tracing::debug!(?pinned, "pod namespaces pinned");
-        return Ok(None);
-    };
+    let cgroup_dirs = cgroup::create(&plan.cgroup).map_err(sys("creating the pod cgroup"))?;
+    if !plan.pod_init {
+        tracing::debug!(?pinned, cgroup = ?started.elapsed(), "pod namespaces pinned");
+        return Ok(Created {
+            cgroup_dirs,
+            init: None,
+        });
+    }
     unshare(CloneFlags::CLONE_NEWPID).map_err(sys("unsharing the PID namespace"))?;
-    let init = init::spawn(cgroup_procs).map_err(sys("starting the pod init"))?;
+    let init = init::spawn(&cgroup::procs_files(&cgroup_dirs))
+        .map_err(sys("starting the pod init"))?;
     tracing::debug!(?pinned, init_started = ?started.elapsed(), "pod namespaces pinned");
     if let Err(e) = pin(
         &format!("/proc/{}/ns/pid", init.pid),
@@ -154,12 +176,15 @@ fn create_on_this_thread(
         let _ = init.terminate(std::time::Duration::from_secs(5));
         return Err(e);
     }
-    Ok(Some(init))
+    Ok(Created {
+        cgroup_dirs,
+        init: Some(init),
+    })
 }
 
 /// Unshares, configures and pins the network+UTS and IPC namespaces of the calling thread.
 fn pin_own_namespaces(plan: &NamespacePlan) -> Result<(), NamespaceError> {
-    if !(plan.network || plan.ipc || plan.pod_init.is_some()) {
+    if !(plan.network || plan.ipc || plan.pod_init) {
         return Ok(()); // all host namespaces: nothing to pin
     }
     make_private_dir(&plan.dir)?;
