@@ -10,6 +10,7 @@ use k8s_cri::v1::image_service_server::ImageService;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
 use meta_store::MetaStore;
 use sandbox::pod::{PodManager, PodManagerConfig};
+use sandbox::trash::Trash;
 use streaming::{StreamingConfig, StreamingServer};
 use tonic::{Request, Response, Status};
 
@@ -44,6 +45,11 @@ impl CriService {
             config.registry.clone(),
             image_store::Limits::default(),
         )?;
+        // Removed containers' and pods' directories are deleted from here in the background.
+        let trash = Arc::new(Trash::open(&[
+            config.state_dir.join("trash"),
+            config.root_dir.join("trash"),
+        ])?);
         let pods = PodManager::new(
             PodManagerConfig {
                 state_dir: config.state_dir.clone(),
@@ -52,11 +58,13 @@ impl CriService {
                 cni_cache_dir: config.root_dir.join("cni-results"),
             },
             meta.clone(),
+            trash.clone(),
         )?;
         let containers = Arc::new(Containers::open(
             meta.clone(),
             &config.state_dir,
             &config.root_dir,
+            trash,
         )?);
         // Layers of containers that are not mounted right now (created, exited) must
         // survive image removal as well.

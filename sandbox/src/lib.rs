@@ -7,4 +7,5 @@ pub mod container;
 pub mod monitor;
 pub mod pod;
 pub mod sealed_exe;
+pub mod trash;
 pub mod undo;

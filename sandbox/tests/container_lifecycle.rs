@@ -11,6 +11,7 @@ use sandbox::container::spec::{
 };
 use sandbox::container::state::{self, ExitRecord, ProcessId};
 use sandbox::container::{self, ContainerError, ContainerState, ExecRequest, MonitorCommand, caps};
+use sandbox::trash::Trash;
 
 fn monitor() -> MonitorCommand {
     MonitorCommand {
@@ -135,7 +136,7 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        let _ = container::remove(&self.dir());
+        let _ = container::remove(&self.dir(), &Trash::none());
         let parent = self.cgroup.parent().unwrap();
         let _ = Cgroup::at(&Hierarchy::detect(), parent).remove();
         // Shared by concurrently running tests: the last one out removes it.
@@ -210,13 +211,13 @@ fn a_created_container_can_be_removed_without_leaks() {
     container::create(&monitor(), &fx.spec(&["true"]), &fx.dir()).unwrap();
     let cgroup = Cgroup::at(&Hierarchy::detect(), &fx.cgroup);
     assert!(cgroup.dirs().all(Path::exists));
-    container::remove(&fx.dir()).unwrap();
+    container::remove(&fx.dir(), &Trash::none()).unwrap();
     assert!(!fx.dir().exists());
     assert!(!fx.path("upper").exists());
     assert!(cgroup.dirs().all(|d| !d.exists()));
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(fx.tmp.path().to_str().unwrap()));
-    container::remove(&fx.dir()).unwrap();
+    container::remove(&fx.dir(), &Trash::none()).unwrap();
 }
 
 #[test]
@@ -1065,7 +1066,7 @@ fn timing_of_one_container() {
         let t2 = Instant::now();
         fx.wait_exit();
         let t3 = Instant::now();
-        container::remove(&fx.dir()).unwrap();
+        container::remove(&fx.dir(), &Trash::none()).unwrap();
         let t4 = Instant::now();
         phases.push([t1 - t0, t2 - t1, t3 - t2, t4 - t3]);
     }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use k8s_cri::v1 as cri;
 use meta_store::MetaStore;
 use sandbox::container::{self as ctr, ContainerState, MonitorCommand};
+use sandbox::trash::Trash;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -89,6 +90,8 @@ pub struct Containers {
     state_dir: PathBuf,
     /// `<root_dir>/containers`: writable layers, which outlive a reboot.
     layers_dir: PathBuf,
+    /// Where removed containers' directories go to be deleted in the background.
+    pub trash: Arc<Trash>,
     monitor: MonitorCommand,
     records: RwLock<BTreeMap<String, Arc<ContainerRecord>>>,
     /// Reserved names → container id, so the kubelet's retries cannot make twins.
@@ -114,7 +117,12 @@ enum Settled {
 }
 
 impl Containers {
-    pub fn open(meta: Arc<MetaStore>, state_dir: &Path, root_dir: &Path) -> anyhow::Result<Self> {
+    pub fn open(
+        meta: Arc<MetaStore>,
+        state_dir: &Path,
+        root_dir: &Path,
+        trash: Arc<Trash>,
+    ) -> anyhow::Result<Self> {
         let state_dir = state_dir.join("containers");
         let layers_dir = root_dir.join("containers");
         for d in [&state_dir, &layers_dir] {
@@ -144,6 +152,7 @@ impl Containers {
             meta,
             state_dir,
             layers_dir,
+            trash,
             monitor,
             records: RwLock::new(records),
             names: Mutex::new(names),
@@ -415,14 +424,12 @@ impl Containers {
     pub async fn remove(&self, rec: &Arc<ContainerRecord>) -> CriResult<()> {
         let dir = rec.dir.clone();
         let layers = self.layers_dir.join(&rec.id);
+        let trash = self.trash.clone();
         blocking(move || -> CriResult<()> {
-            ctr::remove(&dir)?;
-            match std::fs::remove_dir_all(&layers) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CriError::Internal(
-                    format!("removing {}: {e}", layers.display()),
-                )),
-                _ => Ok(()),
-            }
+            ctr::remove(&dir, &trash)?;
+            trash
+                .discard(&layers)
+                .map_err(|e| CriError::Internal(format!("removing {}: {e}", layers.display())))
         })
         .await??;
         self.meta.delete::<ContainerRecord>(&rec.id)?;

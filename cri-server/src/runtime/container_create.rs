@@ -204,7 +204,8 @@ pub async fn create_container(
     let record = match svc.containers.insert(record) {
         Ok(r) => r,
         Err(e) => {
-            let _ = blocking(move || ctr::remove(&dir)).await;
+            let trash = svc.containers.trash.clone();
+            let _ = blocking(move || ctr::remove(&dir, &trash)).await;
             return Err(e);
         }
     };

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 pub use crate::monitor::ExecRequest;
 use crate::monitor::{REQ_REOPEN, REQ_RESIZE, REQ_START};
+use crate::trash::Trash;
 use crate::undo::Undo;
 use cgroup::{Cgroup, CgroupError, Hierarchy};
 pub use exec_sync::{ExecOutput, ExecProcess, ExecStdio, MAX_EXEC_OUTPUT, exec_sync, spawn_exec};
@@ -523,9 +524,9 @@ impl Backoff {
     }
 }
 
-/// Kills the container if needed and removes its cgroup, writable layer and state dir.
-/// Idempotent: removing a removed container is fine.
-pub fn remove(dir: &Path) -> Result<(), ContainerError> {
+/// Kills the container if needed and removes its cgroup, writable layer and state dir (the
+/// directories through `trash`). Idempotent: removing a removed container is fine.
+pub fn remove(dir: &Path, trash: &Trash) -> Result<(), ContainerError> {
     if !dir.exists() {
         return Ok(());
     }
@@ -545,17 +546,14 @@ pub fn remove(dir: &Path) -> Result<(), ContainerError> {
             cgroup.remove()?;
         }
         for layer_dir in [&spec.rootfs.upper, &spec.rootfs.work] {
-            remove_dir_if_exists(layer_dir)?;
+            discard(trash, layer_dir)?;
         }
     }
-    remove_dir_if_exists(dir)
+    discard(trash, dir)
 }
 
-fn remove_dir_if_exists(dir: &Path) -> Result<(), ContainerError> {
-    match std::fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            Err(io_ctx(format!("removing {dir:?}"))(e))
-        }
-        _ => Ok(()),
-    }
+fn discard(trash: &Trash, dir: &Path) -> Result<(), ContainerError> {
+    trash
+        .discard(dir)
+        .map_err(io_ctx(format!("removing {dir:?}")))
 }

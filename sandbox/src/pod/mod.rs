@@ -24,6 +24,7 @@ pub use init::InitProcess;
 pub use spec::{IdMapping, NamespaceMode, NamespaceModes, PodRecord, PodSpec, UserNamespaceSpec};
 
 use crate::cni::{self, Attachment, CniError, CniInvoker, NetworkReadiness};
+use crate::trash::Trash;
 use crate::undo::Undo;
 use namespaces::{NamespaceError, NamespacePlan};
 
@@ -120,6 +121,7 @@ pub struct PodManager {
     cfg: PodManagerConfig,
     meta: Arc<MetaStore>,
     cni: CniInvoker,
+    trash: Arc<Trash>,
     pods: Mutex<BTreeMap<String, Arc<Mutex<PodRecord>>>>,
     /// Reservation keys (name, namespace, uid, attempt) of every pod that exists or is
     /// being created, so a duplicate is refused without waiting on any pod's lock.
@@ -129,7 +131,11 @@ pub struct PodManager {
 impl PodManager {
     /// Loads every pod record, and releases CNI attachments no pod owns any more (left by
     /// a crash between CNI ADD and the record's commit).
-    pub fn new(cfg: PodManagerConfig, meta: Arc<MetaStore>) -> Result<PodManager, PodError> {
+    pub fn new(
+        cfg: PodManagerConfig,
+        meta: Arc<MetaStore>,
+        trash: Arc<Trash>,
+    ) -> Result<PodManager, PodError> {
         // Sealed now so the first pod does not pay for it.
         init::prepare().map_err(io_err("preparing the pod init"))?;
         let cni = CniInvoker {
@@ -177,6 +183,7 @@ impl PodManager {
             cfg,
             meta,
             cni,
+            trash,
             pods: Mutex::new(pods),
             names: Mutex::new(names),
         })
@@ -376,12 +383,9 @@ impl PodManager {
         let paths = self.paths(id);
         namespaces::detach(&paths.shm).map_err(io_err("unmounting the pod shm"))?;
         namespaces::unpin_all(&paths.ns_dir).map_err(io_err("unpinning the pod namespaces"))?;
-        match std::fs::remove_dir_all(&paths.dir) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(io_err(format!("removing {}", paths.dir.display()))(e));
-            }
-            _ => {}
-        }
+        self.trash
+            .discard(&paths.dir)
+            .map_err(io_err(format!("removing {}", paths.dir.display())))?;
         cgroup::remove(&rec.cgroup_dirs).map_err(io_err("removing the pod cgroup"))?;
         self.meta.delete::<PodRecord>(id)?;
         self.pods.lock().expect("pod table").remove(id);

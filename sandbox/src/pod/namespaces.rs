@@ -166,8 +166,8 @@ fn create_on_this_thread(
         });
     }
     unshare(CloneFlags::CLONE_NEWPID).map_err(sys("unsharing the PID namespace"))?;
-    let init = init::spawn(&cgroup::procs_files(&cgroup_dirs))
-        .map_err(sys("starting the pod init"))?;
+    let init =
+        init::spawn(&cgroup::procs_files(&cgroup_dirs)).map_err(sys("starting the pod init"))?;
     tracing::debug!(?pinned, init_started = ?started.elapsed(), "pod namespaces pinned");
     if let Err(e) = pin(
         &format!("/proc/{}/ns/pid", init.pid),
@@ -271,14 +271,13 @@ pub(super) fn pin(source: &str, target: &Path) -> Result<(), NamespaceError> {
     .map_err(sys(format!("pinning {source} at {}", target.display())))
 }
 
-/// Unmounts every pin and the private pin directory, then removes them. Idempotent.
+/// Unmounts the private pin directory with every pin in it (a lazy unmount takes the
+/// whole tree at once), then removes them. Idempotent.
 pub fn unpin_all(dir: &Path) -> io::Result<()> {
-    for kind in KINDS {
-        let p = pin_path(dir, kind);
-        detach(&p)?;
-        remove_file(&p)?;
-    }
     detach(dir)?;
+    for kind in KINDS {
+        remove_file(&pin_path(dir, kind))?;
+    }
     match std::fs::remove_dir(dir) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
