@@ -8,6 +8,11 @@
 # Uses the same tools, images, registry mirror, CNI network and runtime start/stop code as
 # critest/run.sh (critest/lib.sh). Raw data: bench/results/<runtime>/*.json (the critest
 # benchmark files plus the Ginkgo report), logs in critest/out/logs/.
+#
+# critest times "start a container from scratch" once per run, so that spec runs
+# SCRATCH_RUNS times in all (default 10; focused critest runs after the full one) and
+# the report gives the median. Before the runtimes, bench/cni_floor.py times the CNI
+# plugins alone with the same network config (bench/results/cni/floor.json).
 set -euo pipefail
 
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -28,6 +33,9 @@ done
 ct_install_traps
 
 ct_prepare
+SCRATCH_RUNS=${SCRATCH_RUNS:-10}
+mkdir -p "$BENCH/results/cni"
+python3 "$BENCH/cni_floor.py" "$(ls "$CT_CNI_DIR"/*.conflist | head -1)" "$BENCH/results/cni/floor.json"
 for rt in $RUNTIMES; do
     out=$BENCH/results/$rt
     rm -rf "$out"
@@ -38,9 +46,9 @@ for rt in $RUNTIMES; do
         ct_runtime_stop || true
         continue
     fi
-    args=(-benchmark -runtime-endpoint "$CT_ENDPOINT" -image-endpoint "$CT_ENDPOINT"
-        -benchmarking-params-file "$BENCH/params.yaml" -benchmarking-output-dir "$out"
-        -ginkgo.no-color -ginkgo.json-report "$out/report.json")
+    base=(-benchmark -runtime-endpoint "$CT_ENDPOINT" -image-endpoint "$CT_ENDPOINT"
+        -benchmarking-params-file "$BENCH/params.yaml" -ginkgo.no-color)
+    args=("${base[@]}" -benchmarking-output-dir "$out" -ginkgo.json-report "$out/report.json")
     {
         echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
         echo "nproc=$(nproc)"
@@ -58,6 +66,15 @@ for rt in $RUNTIMES; do
     ct_log "$rt: critest -benchmark exited $rc; output in $CT_LOGS/bench-$rt.out"
     grep -E '^(Ran |FAIL!|SUCCESS!)' "$CT_LOGS/bench-$rt.out" >&2 || true
     [[ -s $out/report.json ]] && python3 "$CT_HERE/results.py" --compact "$out/report.json" "$out/report.json"
+    for ((i = 2; i <= SCRATCH_RUNS; i++)); do
+        mkdir -p "$out/scratch"
+        (cd "$CT_RUN/cwd" && exec critest "${base[@]}" -benchmarking-output-dir "$out/scratch" \
+            -ginkgo.focus "start a container from scratch" \
+            -ginkgo.json-report "$out/scratch/report-$i.json") >>"$CT_LOGS/bench-$rt.out" 2>&1 ||
+            ct_log "$rt: scratch run $i failed; see $CT_LOGS/bench-$rt.out"
+        f=$out/scratch/report-$i.json
+        [[ -s $f ]] && python3 "$CT_HERE/results.py" --compact "$f" "$f"
+    done
     ct_runtime_stop
     ct_cleanup_host
 done
