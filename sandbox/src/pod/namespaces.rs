@@ -276,7 +276,10 @@ pub(super) fn pin(source: &str, target: &Path) -> Result<(), NamespaceError> {
 pub fn unpin_all(dir: &Path) -> io::Result<()> {
     detach(dir)?;
     for kind in KINDS {
-        remove_file(&pin_path(dir, kind))?;
+        let p = pin_path(dir, kind);
+        // Not mounted any more, unless it was pinned outside a private directory.
+        detach(&p)?;
+        remove_file(&p)?;
     }
     match std::fs::remove_dir(dir) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
