@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod files;
 pub mod init;
 pub mod namespaces;
+mod retired_netns;
 mod spec;
 pub mod sysctl;
 mod userns;
@@ -27,6 +28,7 @@ use crate::cni::{self, Attachment, CniError, CniInvoker, NetworkReadiness};
 use crate::trash::Trash;
 use crate::undo::Undo;
 use namespaces::{NamespaceError, NamespacePlan};
+use retired_netns::RetiredNetns;
 
 /// The interface name of the pod's network inside its namespace.
 pub const POD_IFNAME: &str = "eth0";
@@ -122,6 +124,8 @@ pub struct PodManager {
     meta: Arc<MetaStore>,
     cni: CniInvoker,
     trash: Arc<Trash>,
+    /// Network namespaces of removed pods, released in quiet moments.
+    retired: RetiredNetns,
     pods: Mutex<BTreeMap<String, Arc<Mutex<PodRecord>>>>,
     /// Reservation keys (name, namespace, uid, attempt) of every pod that exists or is
     /// being created, so a duplicate is refused without waiting on any pod's lock.
@@ -184,6 +188,7 @@ impl PodManager {
             meta,
             cni,
             trash,
+            retired: RetiredNetns::new(retired_netns::Limits::default()),
             pods: Mutex::new(pods),
             names: Mutex::new(names),
         })
@@ -281,6 +286,7 @@ impl PodManager {
                 undo.push("pod network", move || {
                     log_failure("CNI DEL", cni.del(&cni_id))
                 });
+                let _busy = self.retired.busy();
                 self.cni
                     .add(list, &attachment(&id, &paths, &spec))
                     .map(|r| Some(r.pod_ips(POD_IFNAME)))
@@ -350,9 +356,12 @@ impl PodManager {
         // network goes: the CNI DEL mostly waits on the kernel (a veth's deletion waits out
         // an RCU grace period), the init's end on its processes' exits.
         let (init_stopped, detached) = std::thread::scope(|s| {
-            let detach = rec
-                .network_attached
-                .then(|| s.spawn(|| self.cni.del(&rec.id)));
+            let detach = rec.network_attached.then(|| {
+                s.spawn(|| {
+                    let _busy = self.retired.busy();
+                    self.cni.del(&rec.id)
+                })
+            });
             let init_stopped = rec
                 .init
                 .map_or(Ok(()), |init| init.terminate(INIT_EXIT_TIMEOUT));
@@ -382,6 +391,9 @@ impl PodManager {
         self.stop_locked(&mut rec)?;
         let paths = self.paths(id);
         namespaces::detach(&paths.shm).map_err(io_err("unmounting the pod shm"))?;
+        if let Ok(netns) = std::fs::File::open(namespaces::pin_path(&paths.ns_dir, "net")) {
+            self.retired.retire(netns);
+        }
         namespaces::unpin_all(&paths.ns_dir).map_err(io_err("unpinning the pod namespaces"))?;
         self.trash
             .discard(&paths.dir)
