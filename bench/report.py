@@ -201,8 +201,9 @@ def main():
     lines.append("Parameters: `bench/params.yaml` (30 pods, 30 containers, 10 images, parallelism 1). "
                  "Medians in ms over the samples. \"start a container from scratch\" is one timed run "
                  "(after one warm-up) of RunPodSandbox + CreateContainer + StartContainer + "
-                 "StopPodSandbox + RemovePodSandbox per critest run; `bench/run.sh` runs that spec "
-                 f"{scratch_runs(vals)} times per runtime and reports the median. CreateContainer "
+                 "StopPodSandbox + RemovePodSandbox per critest run; `bench/run.sh` gets "
+                 f"{scratch_runs(vals)} samples per runtime (the full run, then critest runs of that "
+                 "spec alone) and reports their median. CreateContainer "
                  "includes critest's ImageStatus check. This is a 2-core VM shared with other work: "
                  "treat the numbers as rough.")
     lines.append("")
