@@ -17,7 +17,7 @@ pub async fn stop_pod_sandbox(
 /// Kills what still runs in the pod and stops the pod, both at once: the kubelet has already
 /// given the containers their grace period (what still runs is killed, as containerd does),
 /// and the network teardown spends most of its time waiting on the kernel (deleting the
-/// pod's veth waits out an RCU grace period), so the containers die meanwhile.
+/// pod's veth waits for an RCU barrier), so the containers die meanwhile.
 pub(crate) async fn stop_pod(svc: &CriService, pod_id: &str) -> CriResult<()> {
     let Ok(pod) = svc.pods.status(pod_id) else {
         return Ok(());

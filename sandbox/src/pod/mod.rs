@@ -353,8 +353,8 @@ impl PodManager {
 
     fn stop_locked(&self, rec: &mut PodRecord) -> Result<(), PodError> {
         // The init, and with it every process of the pod's PID namespace, dies while the
-        // network goes: the CNI DEL mostly waits on the kernel (a veth's deletion waits out
-        // an RCU grace period), the init's end on its processes' exits.
+        // network goes: the CNI DEL mostly waits on the kernel (a veth's deletion waits for
+        // an RCU barrier), the init's end on its processes' exits.
         let (init_stopped, detached) = std::thread::scope(|s| {
             let detach = rec.network_attached.then(|| {
                 s.spawn(|| {
