@@ -767,6 +767,44 @@ async fn a_failing_cni_plugin_fails_the_pod_and_leaves_nothing_behind() {
     assert!(list.into_inner().items.is_empty());
 }
 
+/// RemovePodSandbox holds the pod's network namespace open for a moment (its teardown would
+/// stall the next pod's CNI DEL) and lets it go once pod networks are quiet.
+#[tokio::test]
+async fn a_removed_pods_network_namespace_is_released() {
+    use std::os::unix::fs::MetadataExt;
+    let net = TestNet::new("retire", "10.89.9.0/24");
+    let daemon = net.start();
+    let mut rt = daemon.runtime().await;
+    let id = run(&mut rt, pod_config("retire", Some(&net)))
+        .await
+        .expect("RunPodSandbox");
+    let (_, info) = status(&mut rt, &id).await;
+    let ns = std::fs::metadata(pin(&info, "net")).unwrap();
+    let netns = (ns.dev(), ns.ino());
+    // The pin is a bind mount: the daemon holds no fd of the namespace while the pod exists.
+    assert_eq!(fds_of(daemon.pid(), netns), 0);
+    stop(&mut rt, &id).await;
+    remove(&mut rt, &id).await;
+    assert!(
+        eventually(Duration::from_secs(5), || fds_of(daemon.pid(), netns) == 0).await,
+        "the daemon still holds the removed pod's network namespace"
+    );
+}
+
+/// How many of `pid`'s fds refer to the file `(dev, ino)` (a namespace here).
+fn fds_of(pid: u32, (dev, ino): (u64, u64)) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten()
+                .filter(|fd| {
+                    std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// 100 create/remove cycles leak nothing: no netns pins, veths, mounts, leases, iptables
 /// rules, cgroups or pod inits.
 #[tokio::test]
