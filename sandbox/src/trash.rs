@@ -117,16 +117,23 @@ fn log_failure(path: &Path, r: io::Result<()>) {
     }
 }
 
-/// `<pid>-<n>-<name>`: unique within the trash for this process's lifetime and across
-/// restarts (a new process has another pid or finds the old entries deleted first).
+/// `<start>-<n>-<name>`: `<start>` is when this process first named an entry (ns since the
+/// epoch), so a restarted daemon, even with a recycled pid, never picks the name of an
+/// entry its predecessor left for deletion.
 fn unique_name(path: &Path) -> String {
+    static START: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(0);
+    let start = START.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    });
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    format!("{}-{n}-{name}", std::process::id())
+    format!("{start}-{n}-{name}")
 }
 
 #[cfg(test)]
