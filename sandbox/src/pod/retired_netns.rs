@@ -6,6 +6,7 @@
 //! barrier of its own and queues behind them: with pods removed one after the other, DEL
 //! took about 39 ms instead of 22 (`bench/cni_floor.py`, each namespace deleted right
 //! away or all at the end).
+//!
 //! So RemovePodSandbox hands the namespace here as an open fd, which keeps it alive with no
 //! mount and no way in, and this closes the held fds together once the pod networks have
 //! been quiet for a moment (or too many are held, or one is held too long); the kernel then
