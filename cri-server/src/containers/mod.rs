@@ -377,18 +377,9 @@ impl Containers {
     /// process ended and its exit is recorded: stopped or ended on its own, the kubelet's
     /// evented PLEG hears of it.
     pub fn watch_exit(self: &Arc<Self>, rec: Arc<ContainerRecord>) {
-        let Ok(Some(monitor)) =
-            ctr::state::read_json::<ctr::state::ProcessId>(&rec.dir, ctr::state::MONITOR)
-        else {
+        let Some(fd) = ctr::monitor_pidfd(&rec.dir) else {
             return;
         };
-        let Ok(fd) = sandbox::monitor::pidfd_open(monitor.pid) else {
-            return;
-        };
-        // Checked after opening: the pidfd then refers to this very monitor.
-        if !monitor.is_alive() {
-            return;
-        }
         let containers = self.clone();
         tokio::spawn(async move {
             // SAFETY: the OwnedFd is ours and stays open for as long as the AsyncFd owns it.

@@ -430,6 +430,17 @@ fn read_exit(dir: &Path) -> Result<Option<ExitRecord>, ContainerError> {
     state::read_json(dir, state::EXIT).map_err(io_ctx("reading exit.json"))
 }
 
+/// A pidfd of the container's monitor while it runs; `None` once it is gone (or never ran).
+/// The monitor exits right after it has recorded the container's exit.
+pub fn monitor_pidfd(dir: &Path) -> Option<OwnedFd> {
+    let monitor = state::read_json::<ProcessId>(dir, state::MONITOR)
+        .ok()
+        .flatten()?;
+    let fd = crate::monitor::pidfd_open(monitor.pid).ok()?;
+    // Checked after opening: the pidfd then refers to this very monitor.
+    monitor.is_alive().then_some(fd)
+}
+
 /// The container's monitor, watched through a pidfd. It exits right after it has recorded
 /// the container's exit, so a wait wakes the moment the record lands rather than at the
 /// next poll.
@@ -437,15 +448,7 @@ struct MonitorWatch(Option<OwnedFd>);
 
 impl MonitorWatch {
     fn open(dir: &Path) -> Self {
-        let pidfd = state::read_json::<ProcessId>(dir, state::MONITOR)
-            .ok()
-            .flatten()
-            .and_then(|m| {
-                let fd = crate::monitor::pidfd_open(m.pid).ok()?;
-                // Checked after opening: the pidfd then refers to this very monitor.
-                m.is_alive().then_some(fd)
-            });
-        MonitorWatch(pidfd)
+        MonitorWatch(monitor_pidfd(dir))
     }
 
     fn alive(&mut self) -> bool {
