@@ -427,7 +427,7 @@ async fn crictl_attach_with_stdin_once_over_spdy_and_websocket() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn crictl_exec_with_a_terminal_sees_the_clients_size() {
+async fn crictl_exec_with_a_terminal_sees_the_clients_size_and_its_own_tty() {
     let d = common::cri_daemon();
     let mut rt = d.runtime().await;
     let (pod, cfg) = run_pod(&d, &mut rt, "stream-tty").await;
@@ -436,7 +436,7 @@ async fn crictl_exec_with_a_terminal_sees_the_clients_size() {
         // `script` gives crictl a terminal of a known size; crictl sends it as a resize,
         // which races with the process's start (as with every runtime): hence the sleep.
         let inner = format!(
-            "stty rows 37 cols 101; crictl {} exec -it --transport={transport} {cid} sh -c 'sleep 0.5; stty size'",
+            "stty rows 37 cols 101; crictl {} exec -it --transport={transport} {cid} sh -c 'sleep 0.5; stty size; test -e \"$(tty)\" && echo tty=$(tty)'",
             d.crictl_endpoints().join(" ")
         );
         let out = Command::new("script")
@@ -451,5 +451,7 @@ async fn crictl_exec_with_a_terminal_sees_the_clients_size() {
             text(&out.stderr)
         );
         assert!(stdout.contains("37 101"), "{transport}: {stdout:?}");
+        // The terminal is one of the container's own devpts, so it has a name in there.
+        assert!(stdout.contains("tty=/dev/pts/"), "{transport}: {stdout:?}");
     }
 }

@@ -1,4 +1,4 @@
-//! ExecSync: run a command in a running container, collect its output (capped at 16 MiB,
+//! ExecSync: run a command in a running container, collect its output (capped,
 //! CVE-2022-31030) and exit code, and kill it when the timeout passes.
 
 use std::fs::File;
@@ -12,8 +12,13 @@ use std::time::{Duration, Instant};
 use super::{ContainerError, ExecRequest, MonitorCommand, io_ctx, terminal};
 use crate::monitor::pidfd_open;
 
-/// containerd's and CRI-O's cap on ExecSync output per stream.
-pub const MAX_EXEC_OUTPUT: usize = 16 << 20;
+/// The most output ExecSync keeps, stdout and stderr together: whatever follows is read
+/// and dropped, like CRI-O's cap. The kubelet and crictl refuse gRPC messages over 16 MiB,
+/// so both streams at once must leave room for the rest of the response.
+pub const MAX_EXEC_OUTPUT: usize = 15 << 20;
+
+/// What the exec helper may say on its status pipe (a pid, an exit code, an error).
+const MAX_STATUS: usize = 64 << 10;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecOutput {
@@ -61,7 +66,7 @@ pub fn spawn_exec(
     cmd.arg("exec").arg(dir).arg(json);
     let mut terminal = None;
     if stdio.tty {
-        let (master, slave) = terminal::open().map_err(io_ctx("allocating a terminal"))?;
+        let (master, slave) = container_terminal(dir).map_err(io_ctx("allocating a terminal"))?;
         let dup = |fd: &OwnedFd| fd.try_clone().map(Stdio::from);
         cmd.arg(crate::monitor::TTY_FLAG)
             .stdin(dup(&slave).map_err(io_ctx("dup"))?)
@@ -111,6 +116,19 @@ pub fn spawn_exec(
     })
 }
 
+/// A terminal on the container's own devpts, so the exec'd process finds its tty under
+/// `/dev/pts`; the host's only when the container has no devpts of its own to offer.
+fn container_terminal(dir: &Path) -> io::Result<(OwnedFd, OwnedFd)> {
+    let process = super::state::read_json::<super::state::ProcessId>(dir, super::state::PID)?;
+    match process.filter(|p| p.is_alive()) {
+        Some(p) => terminal::open_in_container(p.pid).or_else(|e| {
+            tracing::warn!(error = %e, "no terminal on the container's devpts; using the host's");
+            terminal::open()
+        }),
+        None => terminal::open(),
+    }
+}
+
 impl ExecProcess {
     /// Readable once the process has exited (for poll/epoll or an async reactor).
     pub fn exit_fd(&self) -> BorrowedFd<'_> {
@@ -129,7 +147,8 @@ impl ExecProcess {
     /// why it never ran (e.g. `exec: "foo": executable file not found in $PATH`).
     pub fn wait(mut self) -> Result<i32, ContainerError> {
         let _ = self.helper.wait();
-        self.status.drain_nonblocking();
+        let room = MAX_STATUS.saturating_sub(self.status.bytes.len());
+        self.status.drain_nonblocking(room);
         let status = String::from_utf8_lossy(&self.status.bytes).into_owned();
         if let Some(msg) = status.lines().find_map(|l| l.strip_prefix("error ")) {
             return Err(ContainerError::Exec(msg.to_owned()));
@@ -172,9 +191,10 @@ pub fn exec_sync(
 ) -> Result<ExecOutput, ContainerError> {
     let mut process = spawn_exec(monitor, dir, request, ExecStdio::default())?;
     let mut streams = [
-        Capped::new(process.stdout.take().map(|p| File::from(OwnedFd::from(p)))),
-        Capped::new(process.stderr.take().map(|p| File::from(OwnedFd::from(p)))),
-    ];
+        process.stdout.take().map(|p| File::from(OwnedFd::from(p))),
+        process.stderr.take().map(|p| File::from(OwnedFd::from(p))),
+    ]
+    .map(Capped::new);
     let deadline = timeout.map(|t| Instant::now() + t);
     loop {
         let wait_ms = match deadline {
@@ -194,8 +214,9 @@ pub fn exec_sync(
     }
     // The process is gone; take what its pipes still hold without waiting on processes it
     // left behind.
-    for s in &mut streams {
-        s.drain_nonblocking();
+    for i in 0..streams.len() {
+        let room = room_left(&streams);
+        streams[i].drain_nonblocking(room);
     }
     let exit_code = process.wait()?;
     let [stdout, stderr] = streams.map(Capped::into_bytes);
@@ -232,19 +253,27 @@ fn poll_once(streams: &mut [Capped; 2], helper: BorrowedFd<'_>, wait_ms: i32) ->
     if n <= 0 {
         return false;
     }
-    for s in streams.iter_mut() {
-        let Some(fd) = s.file.as_ref().map(|f| f.as_raw_fd()) else {
+    for i in 0..streams.len() {
+        let Some(fd) = streams[i].file.as_ref().map(|f| f.as_raw_fd()) else {
             continue;
         };
         if fds.iter().any(|p| p.fd == fd && p.revents != 0) {
-            s.read_some();
+            // One budget for both streams: what one kept is gone for the other.
+            let room = room_left(streams);
+            streams[i].read_some(room);
         }
     }
     fds[0].revents != 0
 }
 
-/// A pipe read into memory up to `MAX_EXEC_OUTPUT`; the rest is read and dropped so the
-/// writer never blocks.
+/// How much more output ExecSync keeps, for both streams together.
+fn room_left(streams: &[Capped]) -> usize {
+    let kept: usize = streams.iter().map(|s| s.bytes.len()).sum();
+    MAX_EXEC_OUTPUT.saturating_sub(kept)
+}
+
+/// A pipe read into memory up to a cap; the rest is read and dropped so the writer never
+/// blocks.
 struct Capped {
     file: Option<File>,
     bytes: Vec<u8>,
@@ -258,7 +287,8 @@ impl Capped {
         }
     }
 
-    fn read_some(&mut self) -> bool {
+    /// Reads once, keeping at most `room` more bytes; false at EOF or on an error.
+    fn read_some(&mut self, room: usize) -> bool {
         let Some(f) = &mut self.file else {
             return false;
         };
@@ -269,7 +299,6 @@ impl Capped {
                 false
             }
             Ok(n) => {
-                let room = MAX_EXEC_OUTPUT.saturating_sub(self.bytes.len());
                 self.bytes.extend_from_slice(&buf[..n.min(room)]);
                 true
             }
@@ -278,7 +307,8 @@ impl Capped {
         }
     }
 
-    fn drain_nonblocking(&mut self) {
+    /// Reads what the pipe holds now, keeping at most `room` more bytes.
+    fn drain_nonblocking(&mut self, room: usize) {
         if let Some(f) = &self.file {
             // SAFETY: fcntl on a valid fd.
             unsafe {
@@ -286,11 +316,13 @@ impl Capped {
                 libc::fcntl(f.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
             }
         }
-        while self.read_some() {}
+        let cap = self.bytes.len() + room;
+        while self.read_some(cap.saturating_sub(self.bytes.len())) {}
     }
 
+    /// The status pipe's text so far.
     fn take_text(&mut self) -> String {
-        self.drain_nonblocking();
+        self.drain_nonblocking(MAX_STATUS.saturating_sub(self.bytes.len()));
         String::from_utf8_lossy(&self.bytes).into_owned()
     }
 

@@ -1,5 +1,6 @@
-//! Pseudo-terminals for containers and exec'd processes with `tty`: allocated on the host's
-//! devpts; the process gets the slave as stdio and controlling tty, berth keeps the master.
+//! Pseudo-terminals for containers and exec'd processes with `tty`: the process gets the
+//! slave as stdio and controlling tty, berth keeps the master. An exec'd process gets one
+//! from its container's own devpts, so `/dev/pts/N` exists where it runs (`tty`, `stty`).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -23,6 +24,57 @@ pub(crate) fn open() -> io::Result<(OwnedFd, OwnedFd)> {
         }
         let slave = libc::open(
             name.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        if slave < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let slave = OwnedFd::from_raw_fd(slave);
+        set_size(master.as_fd(), 24, 80)?;
+        Ok((master, slave))
+    }
+}
+
+/// A new pseudo-terminal on the devpts of the container whose process is `pid`: its
+/// `/dev/pts/ptmx`, resolved inside the container's root (no symlink of the container's
+/// can lead out of it) and checked to be a devpts node; the slave is opened through the
+/// master (TIOCGPTPEER), never by a path the container could swap.
+pub(crate) fn open_in_container(pid: i32) -> io::Result<(OwnedFd, OwnedFd)> {
+    const DEVPTS_SUPER_MAGIC: libc::c_long = 0x1cd1;
+    let root = std::fs::File::open(format!("/proc/{pid}/root"))?;
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    let path = c"dev/pts/ptmx";
+    // SAFETY: openat2 with a valid open_how of the size we pass and a NUL-terminated path;
+    // the other calls take fds we own and buffers of the right size.
+    unsafe {
+        let master = libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        );
+        if master < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let master = OwnedFd::from_raw_fd(master as libc::c_int);
+        let mut fs: libc::statfs = std::mem::zeroed();
+        if libc::fstatfs(master.as_raw_fd(), &mut fs) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if fs.f_type as libc::c_long != DEVPTS_SUPER_MAGIC {
+            return Err(io::Error::other(
+                "the container's /dev/pts/ptmx is not on a devpts file system",
+            ));
+        }
+        if libc::unlockpt(master.as_raw_fd()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let slave = libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
             libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
         );
         if slave < 0 {
