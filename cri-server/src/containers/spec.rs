@@ -584,16 +584,42 @@ fn localhost_profile(path: &str) -> Result<Seccomp, CriError> {
             "seccomp profile path {path:?} must be absolute"
         )));
     }
-    let meta =
-        std::fs::metadata(path).map_err(|e| invalid(format!("seccomp profile {path:?}: {e}")))?;
-    if meta.len() > MAX_SECCOMP_PROFILE {
-        return Err(invalid(format!("seccomp profile {path:?} is too large")));
-    }
-    let text = std::fs::read_to_string(path)
+    let text = read_profile(Path::new(path))
         .map_err(|e| invalid(format!("seccomp profile {path:?}: {e}")))?;
     let profile = sandbox::container::seccomp::Profile::from_oci_json(&text)
         .map_err(|e| invalid(format!("seccomp profile {path:?}: {e}")))?;
     Ok(Seccomp::Profile(profile))
+}
+
+/// Reads a profile file without ever blocking: opened non-blocking (a FIFO or a device
+/// would otherwise hang the call until someone writes to it), a regular file only, and no
+/// more than `MAX_SECCOMP_PROFILE` bytes read whatever its size says.
+fn read_profile(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.file_type().is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > MAX_SECCOMP_PROFILE {
+        return Err(format!(
+            "{} bytes, more than the {MAX_SECCOMP_PROFILE} allowed",
+            meta.len()
+        ));
+    }
+    let mut text = String::new();
+    file.take(MAX_SECCOMP_PROFILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > MAX_SECCOMP_PROFILE {
+        return Err(format!("more than the {MAX_SECCOMP_PROFILE} bytes allowed"));
+    }
+    Ok(text)
 }
 
 /// RuntimeDefault → berth's profile; Localhost → the named file; Unconfined or unset →
@@ -696,6 +722,30 @@ mod tests {
         assert_eq!(c, ["NET_ADMIN"]);
         let c = capabilities(Some(&sc_caps(&["CAP_SYS_TIME"], &[])));
         assert!(c.contains(&"SYS_TIME".to_string()));
+    }
+
+    /// A FIFO would block the open (and the call) until someone writes to it; /dev/zero
+    /// would be read forever. Both are refused at once, as is a file over the cap.
+    #[test]
+    fn seccomp_profile_files_that_are_not_small_regular_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let big = dir.path().join("big.json");
+        std::fs::write(&big, vec![b' '; MAX_SECCOMP_PROFILE as usize + 1]).unwrap();
+        let started = std::time::Instant::now();
+        for (path, says) in [
+            (fifo.as_path(), "not a regular file"),
+            (Path::new("/dev/zero"), "not a regular file"),
+            (big.as_path(), "allowed"),
+        ] {
+            let e = localhost_profile(&path.display().to_string()).unwrap_err();
+            assert!(
+                matches!(&e, CriError::InvalidArgument(m) if m.contains(says)),
+                "{path:?}: {e}"
+            );
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]
