@@ -38,7 +38,7 @@ impl Framer {
         stream: Stream,
         data: &[u8],
         now_ns: i64,
-        out: &mut impl Write,
+        out: &mut impl RecordWrite,
     ) -> io::Result<()> {
         let ts = rfc3339_nano(now_ns);
         let pending = &mut self.pending[stream as usize];
@@ -74,7 +74,12 @@ impl Framer {
     }
 
     /// The stream ended: whatever is left has no newline and goes out as `P`.
-    pub fn finish(&mut self, stream: Stream, now_ns: i64, out: &mut impl Write) -> io::Result<()> {
+    pub fn finish(
+        &mut self,
+        stream: Stream,
+        now_ns: i64,
+        out: &mut impl RecordWrite,
+    ) -> io::Result<()> {
         let pending = &mut self.pending[stream as usize];
         if !pending.is_empty() {
             write_record(out, &rfc3339_nano(now_ns), stream, 'P', pending)?;
@@ -84,13 +89,20 @@ impl Framer {
     }
 }
 
-fn write_record(
-    out: &mut impl Write,
-    ts: &str,
-    stream: Stream,
-    tag: char,
-    text: &[u8],
-) -> io::Result<()> {
+/// Where whole records go.
+pub trait RecordWrite {
+    /// Writes one complete record (ending in a newline) in one piece, or nothing of it.
+    fn record(&mut self, record: &[u8]) -> io::Result<()>;
+}
+
+impl RecordWrite for Vec<u8> {
+    fn record(&mut self, record: &[u8]) -> io::Result<()> {
+        self.extend_from_slice(record);
+        Ok(())
+    }
+}
+
+fn format_record(ts: &str, stream: Stream, tag: char, text: &[u8]) -> Vec<u8> {
     let mut record = Vec::with_capacity(ts.len() + text.len() + 12);
     record.extend_from_slice(ts.as_bytes());
     record.push(b' ');
@@ -100,8 +112,17 @@ fn write_record(
     record.push(b' ');
     record.extend_from_slice(text);
     record.push(b'\n');
-    // One write per record: with O_APPEND concurrent readers never see half a record.
-    out.write_all(&record)
+    record
+}
+
+fn write_record(
+    out: &mut impl RecordWrite,
+    ts: &str,
+    stream: Stream,
+    tag: char,
+    text: &[u8],
+) -> io::Result<()> {
+    out.record(&format_record(ts, stream, tag, text))
 }
 
 /// Go's `time.RFC3339Nano` in UTC: trailing zeros of the fraction are dropped.
@@ -144,6 +165,8 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 pub struct LogFile {
     path: PathBuf,
     file: File,
+    /// Records lost since the last one written, and why the first of them was.
+    dropped: Option<(u64, String)>,
 }
 
 impl LogFile {
@@ -151,6 +174,7 @@ impl LogFile {
         Ok(Self {
             path: path.to_owned(),
             file: open_log(path)?,
+            dropped: None,
         })
     }
 
@@ -163,6 +187,64 @@ impl LogFile {
     pub fn file(&mut self) -> &mut File {
         &mut self.file
     }
+
+    /// Appends `record` with one write; a short write (the disk filled up midway) is cut
+    /// back off, so the file only ever holds whole records.
+    fn append_whole(&mut self, record: &[u8]) -> io::Result<()> {
+        let n = loop {
+            match self.file.write(record) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => break r?,
+            }
+        };
+        if n == record.len() {
+            return Ok(());
+        }
+        let len = self.file.metadata()?.len();
+        self.file.set_len(len.saturating_sub(n as u64))?;
+        Err(io::Error::new(
+            io::ErrorKind::StorageFull,
+            "no room for a whole record",
+        ))
+    }
+}
+
+impl RecordWrite for LogFile {
+    /// Never fails: a record that cannot be written is counted, and the count is written
+    /// (as a stderr record of its own) before the next record that fits.
+    fn record(&mut self, record: &[u8]) -> io::Result<()> {
+        if let Some((count, why)) = &self.dropped {
+            let note = format_record(
+                &rfc3339_nano(now_ns()),
+                Stream::Stderr,
+                'F',
+                format!("[berth] {count} log record(s) dropped: {why}").as_bytes(),
+            );
+            if let Err(e) = self.append_whole(&note) {
+                count_dropped(&mut self.dropped, e);
+                return Ok(());
+            }
+            self.dropped = None;
+        }
+        if let Err(e) = self.append_whole(record) {
+            count_dropped(&mut self.dropped, e);
+        }
+        Ok(())
+    }
+}
+
+/// Counts one more dropped record; the first failure's reason is the one reported.
+fn count_dropped(dropped: &mut Option<(u64, String)>, e: io::Error) {
+    match dropped {
+        Some((count, _)) => *count += 1,
+        None => *dropped = Some((1, e.to_string())),
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 /// Opens for appending without following a symlink, and without blocking on (or writing
@@ -264,6 +346,62 @@ mod tests {
             lines(&out),
             [format!("{} stdout P no newline", rfc3339_nano(T))]
         );
+    }
+
+    /// On a full file system a record is written whole or not at all, and once there is
+    /// room again a note says how many were lost before logging resumes.
+    #[test]
+    fn a_full_disk_drops_whole_records_and_says_so_afterwards() {
+        use nix::mount::{MntFlags, MsFlags, mount, umount2};
+        let dir = tempfile::tempdir().unwrap();
+        if mount(
+            Some("tmpfs"),
+            dir.path(),
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("size=16k"),
+        )
+        .is_err()
+        {
+            eprintln!("skipped: cannot mount a tmpfs here");
+            return;
+        }
+        let path = dir.path().join("0.log");
+        let mut log = LogFile::open(&path).unwrap();
+        let mut framer = Framer::default();
+        let line = [b'y'; 999];
+        let mut fed = Vec::new();
+        for _ in 0..40 {
+            fed.extend_from_slice(&line);
+            fed.push(b'\n');
+        }
+        framer.feed(Stream::Stdout, &fed, T, &mut log).unwrap();
+        let full = std::fs::read(&path).unwrap();
+        assert!(full.len() <= 16 * 1024 && !full.is_empty());
+        assert!(full.ends_with(b"\n"), "a record was cut mid-line");
+        let whole = full.iter().filter(|&&b| b == b'\n').count();
+        assert!(whole < 40);
+        // Room again (log rotation removed the old file): the note, then the next line.
+        std::fs::remove_file(&path).unwrap();
+        log.reopen().unwrap();
+        framer.feed(Stream::Stdout, b"back\n", T, &mut log).unwrap();
+        let text = String::from_utf8(std::fs::read(&path).unwrap()).unwrap();
+        let got: Vec<&str> = text
+            .lines()
+            .map(|l| l.split_once(' ').unwrap().1)
+            .collect();
+        assert_eq!(got.len(), 2, "{text}");
+        assert!(
+            got[0].starts_with(&format!(
+                "stderr F [berth] {} log record(s) dropped: ",
+                40 - whole
+            )),
+            "{}",
+            got[0]
+        );
+        assert_eq!(got[1], "stdout F back");
+        drop(log);
+        umount2(dir.path(), MntFlags::MNT_DETACH).unwrap();
     }
 
     #[test]
