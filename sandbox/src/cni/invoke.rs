@@ -150,15 +150,21 @@ impl CniInvoker {
         Ok(entry.result.and_then(|r| NetworkResult::parse(r).ok()))
     }
 
-    /// Container IDs with a cached attachment (for garbage collection at start).
+    /// Container IDs with a cached attachment (for garbage collection at start). Files a
+    /// crash left half-written are deleted on the way.
     pub fn cached_ids(&self) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(&self.cache_dir) else {
             return Vec::new();
         };
-        entries
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter_map(|n| n.strip_suffix(".json").map(str::to_string))
-            .collect()
+        let mut ids = Vec::new();
+        for name in entries.filter_map(|e| e.ok()?.file_name().into_string().ok()) {
+            if name.ends_with(".tmp") {
+                let _ = std::fs::remove_file(self.cache_dir.join(&name));
+            } else if let Some(id) = name.strip_suffix(".json") {
+                ids.push(id.to_string());
+            }
+        }
+        ids
     }
 
     fn run(
@@ -345,8 +351,12 @@ fn error_message(stdout: &[u8], stderr: &[u8], status: std::process::ExitStatus)
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        // A full disk must not leave a half-written file behind.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(test)]
@@ -519,5 +529,21 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, CniError::Timeout { .. }), "{e}");
         assert!(start.elapsed() < Duration::from_secs(3));
+    }
+
+    /// A cache write that fails (a full disk, here a directory in the way of the rename)
+    /// leaves no half-written file; one a crash left is deleted when the ids are listed.
+    #[test]
+    fn a_failed_cache_write_leaves_no_temporary_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_bin, mut inv) = setup(&tmp.path().join("log"));
+        inv.cache_dir = tmp.path().join("cache");
+        std::fs::create_dir_all(inv.cache_dir.join("blocked.json")).unwrap();
+        let path = inv.cache_path("blocked");
+        assert!(write_atomically(&path, b"{}").is_err());
+        assert!(!inv.cache_dir.join("blocked.json.tmp").exists());
+        std::fs::write(inv.cache_dir.join("crashed.json.tmp"), b"").unwrap();
+        assert_eq!(inv.cached_ids(), ["blocked"]);
+        assert!(!inv.cache_dir.join("crashed.json.tmp").exists());
     }
 }
