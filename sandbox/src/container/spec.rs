@@ -213,8 +213,10 @@ pub enum SpecError {
     NoArgs,
     #[error("env entry {0:?} is not NAME=value")]
     EnvNotKeyValue(String),
-    #[error("env entry {0:?} contains a newline or NUL byte")]
-    EnvControlChar(String),
+    #[error("env entry {0:?} contains a NUL byte, which execve cannot pass")]
+    EnvNul(String),
+    #[error("env entry {0:?}: HOME must not contain a newline")]
+    HomeNewline(String),
     #[error("{what} {value} is out of range (must be below 2^31)")]
     IdOutOfRange { what: &'static str, value: u32 },
     #[error("unknown capability {0:?}")]
@@ -306,13 +308,17 @@ impl ContainerSpec {
     }
 }
 
-/// Rejects control characters: a newline in e.g. `HOME` ends up as an extra line in
-/// `/etc/passwd`-style files inside the container (CVE-2022-4318).
+/// NUL cannot pass through execve. Newlines are fine in values (Secrets consumed as env
+/// carry them; runc and containerd pass them), except in `HOME`, which tools copy into
+/// `/etc/passwd`-style files where a newline forges an extra entry (CVE-2022-4318).
 fn validate_env(entry: &str) -> Result<(), SpecError> {
-    if entry.contains(['\n', '\r', '\0']) {
-        return Err(SpecError::EnvControlChar(entry.to_owned()));
+    if entry.contains('\0') {
+        return Err(SpecError::EnvNul(entry.to_owned()));
     }
     match entry.split_once('=') {
+        Some(("HOME", home)) if home.contains(['\n', '\r']) => {
+            Err(SpecError::HomeNewline(entry.to_owned()))
+        }
         Some((name, _)) if !name.is_empty() => Ok(()),
         _ => Err(SpecError::EnvNotKeyValue(entry.to_owned())),
     }
@@ -399,11 +405,19 @@ mod tests {
     }
 
     #[test]
-    fn rejects_newline_in_any_env_value_including_home() {
-        for entry in ["HOME=/root\nevil:x:0:0::/:/bin/sh", "A=b\r", "X=\0"] {
+    fn env_values_may_hold_newlines_but_not_nul_and_home_no_newline() {
+        for entry in ["SECRET_DATA=value-1\n", "A=b\r\nc"] {
             let mut s = minimal();
             s.process.env.push(entry.into());
-            assert_eq!(s.validate(), Err(SpecError::EnvControlChar(entry.into())));
+            assert_eq!(s.validate(), Ok(()), "{entry:?}");
+        }
+        let mut s = minimal();
+        s.process.env.push("X=\0".into());
+        assert_eq!(s.validate(), Err(SpecError::EnvNul("X=\0".into())));
+        for entry in ["HOME=/root\nevil:x:0:0::/:/bin/sh", "HOME=/r\r"] {
+            let mut s = minimal();
+            s.process.env.push(entry.into());
+            assert_eq!(s.validate(), Err(SpecError::HomeNewline(entry.into())));
         }
         let mut s = minimal();
         s.process.env.push("=novalue".into());
