@@ -1,9 +1,13 @@
-//! The WebSocket transports: remotecommand with channel-prefixed binary messages
-//! (`v4`/`v5.channel.k8s.io`), and a byte-stream tunnel for SPDY-over-WebSocket
-//! port-forward (`SPDY/3.1+portforward.k8s.io`).
+//! The WebSocket transports: remotecommand with channel-prefixed messages, binary
+//! (`v5`/`v4.channel.k8s.io`, and the older `channel.k8s.io`) or base64 text
+//! (`v4.base64.channel.k8s.io`, `base64.channel.k8s.io`), as the kubelet's own streaming
+//! server speaks them; and a byte-stream tunnel for SPDY-over-WebSocket port-forward
+//! (`SPDY/3.1+portforward.k8s.io`).
 
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::sync::mpsc;
@@ -12,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
-use crate::remotecommand::{Command, Protocol, RESIZE_BUFFER, decode_resizes, status_json};
+use crate::remotecommand::{Command, Protocol, RESIZE_BUFFER, decode_resizes, final_status};
 use crate::runtime::Streams;
 use crate::server::DynRuntime;
 
@@ -47,32 +51,89 @@ pub fn config() -> WebSocketConfig {
         .max_frame_size(Some(MAX_MESSAGE))
 }
 
+/// A remotecommand sub-protocol over WebSocket: its version (v4 and later end with a JSON
+/// status, older ones with a plain message) and its framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WsProtocol {
+    pub version: Protocol,
+    /// Text messages: the channel as an ASCII digit, then the payload in base64.
+    pub base64: bool,
+}
+
+impl WsProtocol {
+    const fn new(version: Protocol, base64: bool) -> Self {
+        Self { version, base64 }
+    }
+
+    /// One message of `data` on `channel`.
+    fn frame(self, channel: u8, data: &[u8]) -> Message {
+        if self.base64 {
+            let mut text = String::with_capacity(1 + data.len().div_ceil(3) * 4);
+            text.push(char::from(b'0' + channel));
+            BASE64.encode_string(data, &mut text);
+            Message::text(text)
+        } else {
+            let mut bytes = Vec::with_capacity(1 + data.len());
+            bytes.push(channel);
+            bytes.extend_from_slice(data);
+            Message::binary(bytes)
+        }
+    }
+
+    /// A client message as (channel, payload); `None` for what this framing does not carry.
+    fn unframe(self, msg: Message) -> Option<(u8, Vec<u8>)> {
+        match msg {
+            Message::Binary(b) if !self.base64 => {
+                let (&channel, body) = b.split_first()?;
+                Some((channel, body.to_vec()))
+            }
+            Message::Text(t) if self.base64 => {
+                let (digit, body) = t.as_bytes().split_first()?;
+                let channel = digit.checked_sub(b'0').filter(|c| *c <= 9)?;
+                Some((channel, BASE64.decode(body).ok()?))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// remotecommand sub-protocols spoken over WebSocket, preferred first.
-pub const REMOTECOMMAND_PROTOCOLS: [(&str, Protocol); 2] = [
-    ("v5.channel.k8s.io", Protocol::V5),
-    ("v4.channel.k8s.io", Protocol::V4),
+pub const REMOTECOMMAND_PROTOCOLS: [(&str, WsProtocol); 5] = [
+    ("v5.channel.k8s.io", WsProtocol::new(Protocol::V5, false)),
+    ("v4.channel.k8s.io", WsProtocol::new(Protocol::V4, false)),
+    (
+        "v4.base64.channel.k8s.io",
+        WsProtocol::new(Protocol::V4, true),
+    ),
+    ("channel.k8s.io", WsProtocol::new(Protocol::V1, false)),
+    ("base64.channel.k8s.io", WsProtocol::new(Protocol::V1, true)),
 ];
 
 /// Copies a pipe into channel-tagged messages until EOF.
-async fn pump_channel(mut rd: DuplexStream, channel: u8, tx: mpsc::Sender<Message>) {
+async fn pump_channel(
+    mut rd: DuplexStream,
+    channel: u8,
+    protocol: WsProtocol,
+    tx: mpsc::Sender<Message>,
+) {
     let mut buf = vec![0u8; 32 << 10];
     loop {
-        let n = match rd.read(&mut buf[1..]).await {
+        let n = match rd.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        buf[0] = channel;
-        if tx.send(Message::binary(buf[..=n].to_vec())).await.is_err() {
+        if tx.send(protocol.frame(channel, &buf[..n])).await.is_err() {
             return;
         }
     }
 }
 
-/// Serves exec or attach on an accepted WebSocket. v4 and v5 are served alike: both end
-/// with the JSON status, and v5's close signal is simply never sent by a v4 client.
+/// Serves exec or attach on an accepted WebSocket. Every version is served alike but for
+/// the final status (JSON from v4 on, a plain message before, nothing for a success) and
+/// the framing; v5's close signal is simply never sent by an older client.
 pub async fn serve_remotecommand<S>(
     ws: WebSocketStream<S>,
-    _protocol: Protocol,
+    protocol: WsProtocol,
     runtime: &dyn DynRuntime,
     cmd: Command,
 ) where
@@ -94,7 +155,12 @@ pub async fn serve_remotecommand<S>(
     let mut output = |wanted: bool, channel: u8| {
         wanted.then(|| {
             let (ours, theirs) = tokio::io::duplex(PIPE);
-            pumps.push(tokio::spawn(pump_channel(ours, channel, tx.clone())));
+            pumps.push(tokio::spawn(pump_channel(
+                ours,
+                channel,
+                protocol,
+                tx.clone(),
+            )));
             Box::new(theirs) as crate::runtime::BoxedWriter
         })
     };
@@ -120,14 +186,13 @@ pub async fn serve_remotecommand<S>(
     let reader = tokio::spawn(async move {
         let mut stdin = stdin_ours;
         while let Some(Ok(msg)) = source.next().await {
-            let data = match msg {
-                Message::Binary(b) => b,
-                Message::Close(_) => break,
-                _ => continue,
-            };
-            let Some((&channel, body)) = data.split_first() else {
+            if let Message::Close(_) = msg {
+                break;
+            }
+            let Some((channel, body)) = protocol.unframe(msg) else {
                 continue;
             };
+            let body = body.as_slice();
             match channel {
                 CHANNEL_STDIN => {
                     if let Some(s) = stdin.as_mut()
@@ -171,9 +236,10 @@ pub async fn serve_remotecommand<S>(
         }
     };
     let _ = tokio::time::timeout(DRAIN_GRACE, drained).await;
-    let mut status = vec![CHANNEL_ERROR];
-    status.extend_from_slice(&status_json(&outcome));
-    let _ = tx.send(Message::binary(status)).await;
+    let status = final_status(protocol.version, &outcome);
+    if !status.is_empty() {
+        let _ = tx.send(protocol.frame(CHANNEL_ERROR, &status)).await;
+    }
     drop(tx);
     let _ = tokio::time::timeout(DRAIN_GRACE, writer).await;
     reader.abort();

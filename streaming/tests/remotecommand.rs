@@ -617,3 +617,77 @@ async fn port_forward_over_spdy_pairs_streams_and_reports_dial_errors() {
         "{err}"
     );
 }
+
+/// The kubelet's own streaming server also speaks the pre-v4 `channel.k8s.io` and the
+/// base64 text framings (node e2e's "remote command execution over websockets" uses them):
+/// the same channels, and before v4 the end is a plain message, nothing for a success.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_over_websocket_legacy_and_base64_protocols() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let s = server(|_| {}).await;
+    for (protocol, exit, base64) in [
+        ("channel.k8s.io", 0, false),
+        ("channel.k8s.io", 3, false),
+        ("base64.channel.k8s.io", 0, true),
+        ("v4.base64.channel.k8s.io", 3, true),
+    ] {
+        let url = s
+            .exec(exec_req(
+                &format!("read l; echo \"$l\"; echo -n e >&2; exit {exit}"),
+                false,
+                true,
+            ))
+            .await
+            .unwrap();
+        let mut req = url
+            .replace("http://", "ws://")
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+        let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+        assert_eq!(resp.headers()["sec-websocket-protocol"], protocol);
+        let stdin = if base64 {
+            Message::text(format!("0{}", b64.encode("hello\n")))
+        } else {
+            Message::binary(b"\x00hello\n".to_vec())
+        };
+        ws.send(stdin).await.unwrap();
+        let mut by_channel: HashMap<u8, Vec<u8>> = HashMap::new();
+        let read = async {
+            while let Some(Ok(m)) = ws.next().await {
+                let (channel, body) = match m {
+                    Message::Binary(b) if !base64 && !b.is_empty() => (b[0], b[1..].to_vec()),
+                    Message::Text(t) if base64 && !t.is_empty() => (
+                        t.as_bytes()[0] - b'0',
+                        b64.decode(&t.as_bytes()[1..]).unwrap(),
+                    ),
+                    Message::Close(_) => break,
+                    other => panic!("{protocol}: unexpected {other:?}"),
+                };
+                by_channel
+                    .entry(channel)
+                    .or_default()
+                    .extend_from_slice(&body);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .unwrap();
+        assert_eq!(by_channel[&1], b"hello\n", "{protocol}");
+        assert_eq!(by_channel[&2], b"e", "{protocol}");
+        let status = by_channel.get(&3).cloned().unwrap_or_default();
+        match (protocol.starts_with("v4"), exit) {
+            (false, 0) => assert!(status.is_empty(), "{protocol}: {status:?}"),
+            (false, _) => assert_eq!(
+                String::from_utf8_lossy(&status),
+                "command terminated with non-zero exit code: exit status 3"
+            ),
+            (true, _) => {
+                let v: serde_json::Value = serde_json::from_slice(&status).unwrap();
+                assert_eq!(v["details"]["causes"][0]["message"], "3", "{protocol}");
+            }
+        }
+    }
+}
