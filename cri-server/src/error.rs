@@ -21,6 +21,8 @@ pub enum CriError {
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -46,6 +48,7 @@ impl CriError {
             CriError::Unimplemented(_) => Code::Unimplemented,
             CriError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             CriError::Unavailable(_) => Code::Unavailable,
+            CriError::ResourceExhausted(_) => Code::ResourceExhausted,
             CriError::Internal(_) => Code::Internal,
         }
     }
@@ -161,6 +164,10 @@ mod tests {
                 Code::DeadlineExceeded,
             ),
             (CriError::Unavailable(String::new()), Code::Unavailable),
+            (
+                CriError::ResourceExhausted(String::new()),
+                Code::ResourceExhausted,
+            ),
             (CriError::Internal(String::new()), Code::Internal),
         ];
         for (e, code) in cases {

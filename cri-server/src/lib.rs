@@ -9,6 +9,7 @@ pub mod daemon_streaming;
 pub mod error;
 pub mod image;
 pub mod logging;
+pub mod metadata;
 pub mod runtime;
 pub mod server;
 pub mod service;

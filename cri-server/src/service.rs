@@ -97,10 +97,15 @@ fn respond<T>(rpc: &'static str, result: CriResult<T>) -> Result<Response<T>, St
     match result {
         Ok(v) => Ok(Response::new(v)),
         Err(e) => {
+            // NotFound is routine (the kubelet asks after what it removed); every other
+            // refusal is something an operator may need to see.
             match &e {
                 CriError::Internal(_) => tracing::warn!(rpc, error = %e, "RPC failed"),
-                CriError::Unimplemented(_) => tracing::debug!(rpc, "RPC not implemented"),
-                _ => tracing::debug!(rpc, error = %e, "RPC refused"),
+                CriError::Unimplemented(_) => {
+                    tracing::warn!(rpc, error = %e, "RPC not implemented")
+                }
+                CriError::NotFound(_) => tracing::debug!(rpc, error = %e, "RPC refused"),
+                _ => tracing::warn!(rpc, error = %e, "RPC refused"),
             }
             Err(e.into())
         }

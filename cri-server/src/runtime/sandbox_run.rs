@@ -8,6 +8,7 @@ use sandbox::pod::{IdMapping, NamespaceMode, NamespaceModes, PodSpec, UserNamesp
 
 use super::status::RUNTIME_HANDLERS;
 use crate::error::{CriError, CriResult, blocking};
+use crate::metadata;
 use crate::service::CriService;
 
 pub async fn run_pod_sandbox(
@@ -15,12 +16,29 @@ pub async fn run_pod_sandbox(
     req: RunPodSandboxRequest,
 ) -> CriResult<RunPodSandboxResponse> {
     let spec = pod_spec(req)?;
+    let in_use = svc
+        .pods
+        .list()
+        .iter()
+        .map(|p| {
+            metadata::metadata_size(
+                p.record
+                    .spec
+                    .labels
+                    .iter()
+                    .chain(&p.record.spec.annotations),
+            )
+        })
+        .sum();
+    let adding = metadata::metadata_size(spec.labels.iter().chain(&spec.annotations));
+    metadata::check_node_budget("pods", in_use, adding)?;
     let pods = svc.pods.clone();
     let pod_sandbox_id = blocking(move || pods.run(spec)).await??;
     Ok(RunPodSandboxResponse { pod_sandbox_id })
 }
 
-fn pod_spec(req: RunPodSandboxRequest) -> CriResult<PodSpec> {
+/// The request as a `PodSpec`: pure, no system calls (public for cri-server/fuzz).
+pub fn pod_spec(req: RunPodSandboxRequest) -> CriResult<PodSpec> {
     if !RUNTIME_HANDLERS.contains(&req.runtime_handler.as_str()) {
         return Err(CriError::InvalidArgument(format!(
             "runtime handler {:?} is unknown; berth has {:?}",
@@ -33,6 +51,11 @@ fn pod_spec(req: RunPodSandboxRequest) -> CriResult<PodSpec> {
     let meta = config
         .metadata
         .ok_or_else(|| CriError::InvalidArgument("the pod config needs metadata".into()))?;
+    // Before anything runs: the names go into CNI plugins' environment, among others.
+    metadata::check_name("the pod's name", &meta.name, true)?;
+    metadata::check_name("the pod's namespace", &meta.namespace, true)?;
+    metadata::check_name("the pod's uid", &meta.uid, false)?;
+    metadata::check_labels_and_annotations("pod", &config.labels, &config.annotations)?;
     let linux = config.linux.unwrap_or_default();
     let security = linux.security_context.unwrap_or_default();
     let ns = security.namespace_options.unwrap_or_default();
