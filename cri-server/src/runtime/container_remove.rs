@@ -1,5 +1,5 @@
 //! RemoveContainer: kill if needed, remove the rootfs, cgroup and state, forget the record.
-//! Idempotent: an unknown container is fine.
+//! Idempotent: a container id berth does not know is fine (an unknown prefix is not).
 
 use k8s_cri::v1::{RemoveContainerRequest, RemoveContainerResponse};
 
@@ -10,7 +10,7 @@ pub async fn remove_container(
     svc: &CriService,
     req: RemoveContainerRequest,
 ) -> CriResult<RemoveContainerResponse> {
-    if let Some(rec) = svc.containers.find(&req.container_id) {
+    if let Some(rec) = svc.containers.get_for_removal(&req.container_id)? {
         svc.containers.remove(&rec).await?;
     }
     Ok(RemoveContainerResponse {})

@@ -1,5 +1,5 @@
 //! StopContainer: the image's stop signal (SIGTERM by default), SIGKILL after the timeout.
-//! Idempotent: an unknown or already stopped container is fine.
+//! Idempotent: a container id berth does not know, or a stopped container, is fine.
 
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ pub async fn stop_container(
     svc: &CriService,
     req: StopContainerRequest,
 ) -> CriResult<StopContainerResponse> {
-    let Some(rec) = svc.containers.find(&req.container_id) else {
+    let Some(rec) = svc.containers.get_for_removal(&req.container_id)? else {
         return Ok(StopContainerResponse {});
     };
     let timeout = Duration::from_secs(req.timeout.max(0) as u64);

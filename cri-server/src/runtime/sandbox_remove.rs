@@ -1,5 +1,5 @@
 //! RemovePodSandbox: stops the pod if needed and removes it with everything it holds.
-//! Idempotent; an unknown pod is not an error.
+//! Idempotent; a pod id berth does not know is not an error (an unknown prefix is).
 
 use k8s_cri::v1::{RemovePodSandboxRequest, RemovePodSandboxResponse};
 
@@ -11,13 +11,15 @@ pub async fn remove_pod_sandbox(
     svc: &CriService,
     req: RemovePodSandboxRequest,
 ) -> CriResult<RemovePodSandboxResponse> {
-    stop_pod(svc, &req.pod_sandbox_id).await?;
-    if let Ok(pod) = svc.pods.status(&req.pod_sandbox_id) {
-        for rec in svc.containers.in_pod(&pod.record.id) {
-            svc.containers.remove(&rec).await?;
-        }
+    let Some(pod) = svc.pods.status_for_removal(&req.pod_sandbox_id)? else {
+        return Ok(RemovePodSandboxResponse {});
+    };
+    let id = pod.record.id;
+    stop_pod(svc, &id).await?;
+    for rec in svc.containers.in_pod(&id) {
+        svc.containers.remove(&rec).await?;
     }
     let pods = svc.pods.clone();
-    blocking(move || pods.remove(&req.pod_sandbox_id)).await??;
+    blocking(move || pods.remove(&id)).await??;
     Ok(RemovePodSandboxResponse {})
 }

@@ -19,10 +19,13 @@ pub async fn stop_pod_sandbox(
 /// and the network teardown spends most of its time waiting on the kernel (deleting the
 /// pod's veth waits for an RCU barrier), so the containers die meanwhile.
 pub(crate) async fn stop_pod(svc: &CriService, pod_id: &str) -> CriResult<()> {
-    let Ok(pod) = svc.pods.status(pod_id) else {
+    let Some(pod) = svc.pods.status_for_removal(pod_id)? else {
         return Ok(());
     };
     let id = pod.record.id;
+    // Not ready from here on: a CreateContainer racing this stop fails rather than leave a
+    // container the list below misses.
+    svc.pods.begin_stop(&id);
     let containers = svc.containers.in_pod(&id);
     let kill_containers = async {
         for rec in &containers {

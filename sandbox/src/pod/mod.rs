@@ -130,6 +130,9 @@ pub struct PodManager {
     /// Reservation keys (name, namespace, uid, attempt) of every pod that exists or is
     /// being created, so a duplicate is refused without waiting on any pod's lock.
     names: Mutex<HashSet<String>>,
+    /// Pods whose stop has begun: no longer ready, so no container is created in them
+    /// while their containers are being killed.
+    stopping: Mutex<HashSet<String>>,
 }
 
 impl PodManager {
@@ -191,6 +194,7 @@ impl PodManager {
             retired: RetiredNetns::new(retired_netns::Limits::default()),
             pods: Mutex::new(pods),
             names: Mutex::new(names),
+            stopping: Mutex::new(HashSet::new()),
         })
     }
 
@@ -344,11 +348,24 @@ impl PodManager {
     /// Stops a pod: kills its init (and so every process in its PID namespace) and
     /// detaches it from the network. Idempotent; an unknown pod is not an error.
     pub fn stop(&self, id: &str) -> Result<(), PodError> {
-        let Some(pod) = self.get(id) else {
+        let Some(pod) = self.get_for_removal(id)? else {
             return Ok(());
         };
         let mut rec = pod.lock().expect("pod record");
+        self.stopping
+            .lock()
+            .expect("stopping pods")
+            .insert(rec.id.clone());
         self.stop_locked(&mut rec)
+    }
+
+    /// Marks a pod as stopping before its containers are killed: from now on it is not
+    /// ready, so a CreateContainer racing the stop fails instead of leaving a container
+    /// behind in a stopped pod.
+    pub fn begin_stop(&self, id: &str) {
+        if let Ok(Some(id)) = self.resolve(id) {
+            self.stopping.lock().expect("stopping pods").insert(id);
+        }
     }
 
     fn stop_locked(&self, rec: &mut PodRecord) -> Result<(), PodError> {
@@ -384,10 +401,16 @@ impl PodManager {
     /// Removes a pod and everything it holds, stopping it first if needed. Idempotent;
     /// an unknown pod is not an error.
     pub fn remove(&self, id: &str) -> Result<(), PodError> {
-        let Some(pod) = self.get(id) else {
+        let Some(pod) = self.get_for_removal(id)? else {
             return Ok(());
         };
         let mut rec = pod.lock().expect("pod record");
+        let id = rec.id.clone();
+        let id = id.as_str();
+        self.stopping
+            .lock()
+            .expect("stopping pods")
+            .insert(id.to_string());
         self.stop_locked(&mut rec)?;
         let paths = self.paths(id);
         namespaces::detach(&paths.shm).map_err(io_err("unmounting the pod shm"))?;
@@ -405,16 +428,34 @@ impl PodManager {
             .lock()
             .expect("pod names")
             .remove(&rec.spec.reservation_key());
+        self.stopping.lock().expect("stopping pods").remove(id);
         Ok(())
     }
 
-    /// One pod; NotFound if berth does not know it.
+    /// One pod, by id or unique id prefix; NotFound if berth does not know it.
     pub fn status(&self, id: &str) -> Result<PodView, PodError> {
         let pod = self
-            .get(id)
+            .get(id)?
             .ok_or_else(|| PodError::NotFound(id.to_string()))?;
         let rec = pod.lock().expect("pod record").clone();
         Ok(self.view(rec))
+    }
+
+    /// A pod to stop or remove. Stop and Remove are idempotent, so a full pod id berth
+    /// does not know (any more) is `None`; an unknown prefix is NotFound, since it names
+    /// nothing that could have been removed.
+    pub fn status_for_removal(&self, id: &str) -> Result<Option<PodView>, PodError> {
+        Ok(self
+            .get_for_removal(id)?
+            .map(|pod| self.view(pod.lock().expect("pod record").clone())))
+    }
+
+    fn get_for_removal(&self, id: &str) -> Result<Option<Arc<Mutex<PodRecord>>>, PodError> {
+        match self.get(id)? {
+            Some(pod) => Ok(Some(pod)),
+            None if is_full_id(id) => Ok(None),
+            None => Err(PodError::NotFound(id.to_string())),
+        }
     }
 
     /// Every pod, in id order.
@@ -442,6 +483,11 @@ impl PodManager {
     fn view(&self, record: PodRecord) -> PodView {
         let paths = self.paths(&record.id);
         let ready = !record.stopped
+            && !self
+                .stopping
+                .lock()
+                .expect("stopping pods")
+                .contains(&record.id)
             && record.init.is_none_or(|i| i.is_alive())
             && (record.spec.namespaces.network == NamespaceMode::Node
                 || is_pinned(&paths.namespace("net")));
@@ -452,8 +498,43 @@ impl PodManager {
         }
     }
 
-    fn get(&self, id: &str) -> Option<Arc<Mutex<PodRecord>>> {
-        self.pods.lock().expect("pod table").get(id).cloned()
+    fn get(&self, id: &str) -> Result<Option<Arc<Mutex<PodRecord>>>, PodError> {
+        let pods = self.pods.lock().expect("pod table");
+        Ok(match self.resolve_in(&pods, id)? {
+            Some(id) => pods.get(&id).cloned(),
+            None => None,
+        })
+    }
+
+    /// The full id of the pod `id` names: itself, or the one pod whose id starts with it
+    /// (as crictl's short ids do). A prefix of several is InvalidArgument.
+    pub fn resolve(&self, id: &str) -> Result<Option<String>, PodError> {
+        self.resolve_in(&self.pods.lock().expect("pod table"), id)
+    }
+
+    fn resolve_in(
+        &self,
+        pods: &BTreeMap<String, Arc<Mutex<PodRecord>>>,
+        id: &str,
+    ) -> Result<Option<String>, PodError> {
+        if id.is_empty() {
+            return Ok(None);
+        }
+        if pods.contains_key(id) {
+            return Ok(Some(id.to_string()));
+        }
+        let mut matches = pods
+            .range(id.to_string()..)
+            .take_while(|(k, _)| k.starts_with(id))
+            .map(|(k, _)| k);
+        match (matches.next(), matches.next()) {
+            (None, _) => Ok(None),
+            (Some(one), None) => Ok(Some(one.clone())),
+            (Some(_), Some(_)) => Err(PodError::InvalidArgument(format!(
+                "pod sandbox id prefix {id:?} is ambiguous: it matches {} pods",
+                2 + matches.count()
+            ))),
+        }
     }
 
     fn reserve(&self, key: &str) -> Result<Reservation<'_>, PodError> {
@@ -664,6 +745,11 @@ fn log_failure<E: std::fmt::Display>(what: &str, r: Result<(), E>) {
     if let Err(e) = r {
         tracing::warn!(error = %e, "{what} failed while cleaning up");
     }
+}
+
+/// Whether `id` has the form of a whole pod id (64 hex digits), not a prefix.
+fn is_full_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// 64 hex characters from the kernel's random pool.
