@@ -31,7 +31,7 @@ pub struct ContainerRecord {
     pub pod_id: String,
     pub name: String,
     pub attempt: u32,
-    /// The image as the request named it.
+    /// The image as the user named it (see `container_create::image_as_named`).
     pub image: String,
     /// The image id (config digest), as PullImage returned it.
     pub image_id: String,
@@ -147,6 +147,7 @@ impl Containers {
             }
         }
         tracing::info!(containers = records.len(), "containers loaded");
+        remove_orphans(&state_dir, &layers_dir, &records, &trash);
         let (events, _) = broadcast::channel(1024);
         Ok(Self {
             meta,
@@ -182,8 +183,13 @@ impl Containers {
     }
 
     pub fn layer_dirs_of(&self, id: &str) -> (PathBuf, PathBuf) {
-        let d = self.layers_dir.join(id);
+        let d = self.layer_root_of(id);
         (d.join("upper"), d.join("work"))
+    }
+
+    /// `<root_dir>/containers/<id>`: the writable layer and the Wasm runner's files.
+    pub fn layer_root_of(&self, id: &str) -> PathBuf {
+        self.layers_dir.join(id)
     }
 
     /// Files the Wasm runner writes for the daemon (OOM marker, termination log); they
@@ -232,25 +238,48 @@ impl Containers {
         Ok(rec)
     }
 
-    /// A container by id or unambiguous id prefix.
+    /// A container by id or unique id prefix: NotFound when there is none, InvalidArgument
+    /// when the prefix names several.
     pub fn get(&self, id: &str) -> CriResult<Arc<ContainerRecord>> {
-        self.find(id)
+        self.lookup(id)?
             .ok_or_else(|| CriError::NotFound(format!("container {id:?} not found")))
     }
 
+    /// The container `id` names, if berth knows it (no error for ambiguity: for watchers).
     pub fn find(&self, id: &str) -> Option<Arc<ContainerRecord>> {
+        self.lookup(id).ok().flatten()
+    }
+
+    /// A container to stop or remove. Both are idempotent, so a full container id berth
+    /// does not know (any more) is `None`; an unknown prefix is NotFound, since it names
+    /// nothing that could have been removed.
+    pub fn get_for_removal(&self, id: &str) -> CriResult<Option<Arc<ContainerRecord>>> {
+        match self.lookup(id)? {
+            Some(rec) => Ok(Some(rec)),
+            None if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(None),
+            None => Err(CriError::NotFound(format!("container {id:?} not found"))),
+        }
+    }
+
+    fn lookup(&self, id: &str) -> CriResult<Option<Arc<ContainerRecord>>> {
         if id.is_empty() {
-            return None;
+            return Ok(None);
         }
         let records = self.records.read().expect("records lock");
         if let Some(r) = records.get(id) {
-            return Some(r.clone());
+            return Ok(Some(r.clone()));
         }
         let mut matches = records
             .range(id.to_string()..)
             .take_while(|(k, _)| k.starts_with(id));
-        let first = matches.next()?;
-        matches.next().is_none().then(|| first.1.clone())
+        match (matches.next(), matches.next()) {
+            (None, _) => Ok(None),
+            (Some((_, one)), None) => Ok(Some(one.clone())),
+            (Some(_), Some(_)) => Err(CriError::InvalidArgument(format!(
+                "container id prefix {id:?} is ambiguous: it matches {} containers",
+                2 + matches.count()
+            ))),
+        }
     }
 
     pub fn list(&self) -> Vec<Arc<ContainerRecord>> {
@@ -433,6 +462,48 @@ impl Containers {
         self.settled.lock().expect("settled lock").remove(&rec.id);
         self.emit(rec, cri::ContainerEventType::ContainerDeletedEvent);
         Ok(())
+    }
+}
+
+/// Removes what no committed record owns: a daemon killed inside CreateContainer (the
+/// record is written last) leaves a state dir, perhaps a monitor and a container process
+/// held before execve, a cgroup, and a writable layer dir. Each removal is logged.
+fn remove_orphans(
+    state_dir: &Path,
+    layers_dir: &Path,
+    records: &BTreeMap<String, Arc<ContainerRecord>>,
+    trash: &Trash,
+) {
+    let unowned = |dir: &Path| -> Vec<(String, PathBuf)> {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+            .filter(|(name, _)| !records.contains_key(name) && name != EMPTY_LAYER)
+            .collect()
+    };
+    for (id, dir) in unowned(state_dir) {
+        match ctr::remove_orphan(&dir, trash) {
+            Ok(()) => {
+                tracing::info!(container = %id, "removed what a crash left of a container being created")
+            }
+            Err(e) => {
+                tracing::warn!(container = %id, error = %e, "removing what a crash left of a container being created")
+            }
+        }
+    }
+    // What `remove_orphan` took through the container's config is gone already; this is
+    // what was made before it (the Wasm runner's files) or left without a state dir.
+    for (id, dir) in unowned(layers_dir) {
+        match trash.discard(&dir) {
+            Ok(()) => {
+                tracing::info!(container = %id, "removed the writable layer of a container berth has no record of")
+            }
+            Err(e) => {
+                tracing::warn!(container = %id, error = %e, "removing an unowned writable layer")
+            }
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use crate::containers::spec::{self, ContainerDirs, ImageFacts};
 use crate::containers::wasm;
 use crate::containers::{ContainerRecord, Containers, MountRecord};
 use crate::error::{CriError, CriResult, blocking};
+use crate::metadata;
 use crate::service::CriService;
 
 pub async fn create_container(
@@ -28,9 +29,16 @@ pub async fn create_container(
         .metadata
         .clone()
         .ok_or_else(|| invalid("the container config has no metadata"))?;
-    if meta.name.is_empty() {
-        return Err(invalid("the container metadata has no name"));
-    }
+    metadata::check_name("the container's name", &meta.name, true)?;
+    let adding =
+        metadata::check_labels_and_annotations("container", &cfg.labels, &cfg.annotations)?;
+    let in_use = svc
+        .containers
+        .list()
+        .iter()
+        .map(|c| metadata::metadata_size(c.labels.iter().chain(&c.annotations)))
+        .sum();
+    metadata::check_node_budget("containers", in_use, adding)?;
     let pod = svc.pods.status(&req.pod_sandbox_id)?;
     if !pod.ready {
         return Err(CriError::FailedPrecondition(format!(
@@ -103,6 +111,9 @@ pub async fn create_container(
         meta.name, p.name, p.namespace, p.uid, meta.attempt
     );
     let reservation = svc.containers.reserve_name(&reserved_name, &id)?;
+    // Goes again unless the container is committed: the Wasm runner's files are made here,
+    // and a failed create must not leave an empty writable layer dir behind.
+    let layer_root = LayerRoot(Some(svc.containers.layer_root_of(&id)));
 
     let target_pid_ns = target_pid_namespace(svc, &cfg)?;
     let (upper, work) = svc.containers.layer_dirs_of(&id);
@@ -160,7 +171,12 @@ pub async fn create_container(
     let spec_for_create = built.spec.clone();
     let dir_for_create = dir.clone();
     let created =
-        blocking(move || ctr::create(&monitor, &spec_for_create, &dir_for_create)).await??;
+        match blocking(move || ctr::create(&monitor, &spec_for_create, &dir_for_create)).await? {
+            Ok(created) => created,
+            // A pod stopped meanwhile takes its namespaces with it; that, not the symptom it
+            // caused (a failed fork or join), is the reason.
+            Err(e) => return Err(pod_gone(svc, &pod.record.id).unwrap_or(e.into())),
+        };
 
     let image_ref = image
         .repo_digests
@@ -172,7 +188,7 @@ pub async fn create_container(
         pod_id: pod.record.id.clone(),
         name: meta.name,
         attempt: meta.attempt,
-        image: image_name,
+        image: image_as_named(&cfg, &image_name, &image),
         image_id: image.id.clone(),
         image_ref,
         labels: cfg.labels.into_iter().collect(),
@@ -209,7 +225,14 @@ pub async fn create_container(
             return Err(e);
         }
     };
+    // StopPodSandbox marks the pod stopping before it lists the containers to kill: one
+    // that committed after that mark is seen here and goes again.
+    if let Some(stopping) = pod_gone(svc, &record.pod_id) {
+        let _ = svc.containers.remove(&record).await;
+        return Err(stopping);
+    }
     reservation.commit();
+    layer_root.keep();
     for what in &record.not_applied {
         tracing::warn!(container = %record.id, "{what}");
     }
@@ -219,6 +242,58 @@ pub async fn create_container(
     );
     svc.containers.watch_exit(record);
     Ok(CreateContainerResponse { container_id: id })
+}
+
+/// The image as ContainerStatus reports it: the name the user wrote. The kubelet sends the
+/// image's id and the user's name beside it (`user_specified_image`); older callers that
+/// send only an id get the image's first tag (as containerd does), so a status never shows
+/// a bare id where the kubelet compares names.
+fn image_as_named(
+    cfg: &k8s_cri::v1::ContainerConfig,
+    requested: &str,
+    image: &image_store::ImageRecord,
+) -> String {
+    let user = cfg
+        .image
+        .as_ref()
+        .map(|i| i.user_specified_image.as_str())
+        .unwrap_or_default();
+    if !user.is_empty() {
+        return user.to_string();
+    }
+    let bare = requested.strip_prefix("sha256:").unwrap_or(requested);
+    let is_id = requested == image.id || (bare.len() == 64 && image.id.ends_with(bare));
+    if is_id && let Some(name) = image.repo_tags.first().or(image.repo_digests.first()) {
+        return name.clone();
+    }
+    requested.to_string()
+}
+
+/// FailedPrecondition when the pod stopped (or began stopping) since the create began.
+fn pod_gone(svc: &CriService, pod_id: &str) -> Option<CriError> {
+    match svc.pods.status(pod_id) {
+        Ok(pod) if pod.ready => None,
+        _ => Some(CriError::FailedPrecondition(format!(
+            "pod sandbox {pod_id} was stopped while the container was being created"
+        ))),
+    }
+}
+
+/// The container's `<root_dir>/containers/<id>`, removed on drop unless kept.
+struct LayerRoot(Option<std::path::PathBuf>);
+
+impl LayerRoot {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for LayerRoot {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 /// For PID namespace mode TARGET: the running target container's PID namespace.

@@ -539,7 +539,11 @@ pub fn remove(dir: &Path, trash: &Trash) -> Result<(), ContainerError> {
         Ok(()) | Err(ContainerError::NotRunning) => {}
         Err(e) => return Err(e),
     }
-    let _ = wait(dir, Duration::from_secs(10))?;
+    match wait(dir, Duration::from_secs(10)) {
+        // A removal running at the same time got there first.
+        Ok(_) | Err(ContainerError::NotFound(_)) => {}
+        Err(e) => return Err(e),
+    }
     MonitorWatch::open(dir).wait_gone(Duration::from_secs(5));
     if let Some(spec) = &spec {
         if let Some(cg) = &spec.cgroup {
@@ -553,6 +557,15 @@ pub fn remove(dir: &Path, trash: &Trash) -> Result<(), ContainerError> {
         }
     }
     discard(trash, dir)
+}
+
+/// Removes what a daemon that died inside CreateContainer left of a container it never
+/// recorded: its monitor and process (killed by their records, even mid-setup, before
+/// anything waits on them), then everything `remove` takes.
+pub fn remove_orphan(dir: &Path, trash: &Trash) -> Result<(), ContainerError> {
+    kill_recorded(dir, state::MONITOR);
+    kill_recorded(dir, state::PID);
+    remove(dir, trash)
 }
 
 fn discard(trash: &Trash, dir: &Path) -> Result<(), ContainerError> {

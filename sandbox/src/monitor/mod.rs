@@ -90,8 +90,20 @@ fn run_create(dir: &Path) -> i32 {
             return 1;
         }
     };
-    println!("ok {}", monitor.child.pid);
-    let _ = io::stdout().flush();
+    // The daemon that asked may have died meanwhile (the pipe is broken): nobody would
+    // ever start or remove this container, so it goes now, and the next daemon removes
+    // what is left of it on disk.
+    let mut out = io::stdout();
+    if writeln!(out, "ok {}", monitor.child.pid)
+        .and_then(|()| out.flush())
+        .is_err()
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(monitor.child.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        return 1;
+    }
     detach_stdio();
     monitor.run()
 }
@@ -349,7 +361,7 @@ impl Monitor {
             };
             match read {
                 Ok(0) => {
-                    let _ = self.framer.finish(stream, state::now_ns(), self.log.file());
+                    let _ = self.framer.finish(stream, state::now_ns(), &mut self.log);
                     *self.pipe(stream) = None;
                     return;
                 }
@@ -358,7 +370,7 @@ impl Monitor {
                     // A full disk must not stop the container: the bytes are dropped.
                     let _ = self
                         .framer
-                        .feed(stream, &buf[..n], state::now_ns(), self.log.file());
+                        .feed(stream, &buf[..n], state::now_ns(), &mut self.log);
                     if !drain {
                         return;
                     }
@@ -368,7 +380,7 @@ impl Monitor {
                     if drain {
                         // Nothing more now; a process outside the container's lifetime may
                         // still hold the pipe, so the rest is cut off as a partial line.
-                        let _ = self.framer.finish(stream, state::now_ns(), self.log.file());
+                        let _ = self.framer.finish(stream, state::now_ns(), &mut self.log);
                     }
                     return;
                 }
