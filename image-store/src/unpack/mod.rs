@@ -91,6 +91,7 @@ pub fn unpack(layer: impl Read, dir: &Path, name: &str, limits: &Limits) -> Resu
         limits: limits.clone(),
         dir_times: Vec::new(),
         buf: vec![0; 128 * 1024],
+        written: 0,
     };
 
     let mut archive = tar::Archive::new(metered);
@@ -108,6 +109,7 @@ pub fn unpack(layer: impl Read, dir: &Path, name: &str, limits: &Limits) -> Resu
         }
         x.entry(&mut entry).map_err(|e| match e {
             EntryError::Unsafe(r) => unsafe_layer(r),
+            EntryError::Limit(what) => Error::LimitExceeded(format!("layer {name}: {what}")),
             EntryError::Read(e) => meter.explain(name, e),
             EntryError::Io(e) => Error::storage(format!("unpacking layer {name}"), e),
         })?;
@@ -193,6 +195,8 @@ enum EntryError {
     Read(io::Error),
     /// Writing the layer directory failed (disk full, ...).
     Io(io::Error),
+    /// What the entries expand to passes a limit.
+    Limit(String),
 }
 
 impl From<io::Error> for EntryError {
@@ -213,6 +217,10 @@ struct Extractor {
     /// Directories created, with their mtimes, applied last.
     dir_times: Vec<(CString, (i64, i64))>,
     buf: Vec<u8>,
+    /// File bytes written so far. A GNU sparse entry expands to its real size (the tar
+    /// reader fills the holes with zeros), which the stream's size does not bound: a tiny
+    /// layer could otherwise write a file of a terabyte.
+    written: u64,
 }
 
 /// Metadata common to every entry.
@@ -299,6 +307,14 @@ impl Extractor {
                 let n = e.read(&mut self.buf).map_err(EntryError::Read)?;
                 if n == 0 {
                     break;
+                }
+                self.written += n as u64;
+                if self.written > self.limits.max_layer_bytes {
+                    return Err(EntryError::Limit(format!(
+                        "{:?} expands past the layer size limit of {} bytes",
+                        show(&path),
+                        self.limits.max_layer_bytes
+                    )));
                 }
                 f.write_all(&self.buf[..n])?;
             }

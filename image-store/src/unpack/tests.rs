@@ -416,3 +416,71 @@ fn limits_stop_bombs_and_huge_headers() {
     bytes.extend_from_slice(&[1u8; 100]);
     assert!(run(&s, bytes).is_err());
 }
+
+/// A GNU sparse entry (type 'S', the old block map in its header): `blocks` of
+/// (offset, length), `real_size`, and the data of the blocks.
+fn gnu_sparse(blocks: &[(u64, u64)], real_size: u64, data: &[u8]) -> Vec<u8> {
+    // Octal, or GNU's base-256 (a leading 0x80, then big-endian) when it does not fit.
+    fn octal(field: &mut [u8], v: u64) {
+        let text = format!("{v:0width$o}\0", width = field.len() - 1);
+        if text.len() == field.len() {
+            field.copy_from_slice(text.as_bytes());
+        } else {
+            field.fill(0);
+            field[0] = 0x80;
+            let n = field.len();
+            field[n - 8..].copy_from_slice(&v.to_be_bytes());
+        }
+    }
+    let mut h = [0u8; 512];
+    h[..6].copy_from_slice(b"sparse");
+    octal(&mut h[100..108], 0o644);
+    octal(&mut h[108..116], 0);
+    octal(&mut h[116..124], 0);
+    octal(&mut h[124..136], data.len() as u64);
+    octal(&mut h[136..148], 1_600_000_000);
+    h[156] = b'S';
+    h[257..265].copy_from_slice(b"ustar  \0");
+    for (i, (offset, len)) in blocks.iter().enumerate() {
+        let at = 386 + 24 * i;
+        octal(&mut h[at..at + 12], *offset);
+        octal(&mut h[at + 12..at + 24], *len);
+    }
+    octal(&mut h[483..495], real_size);
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut out = h.to_vec();
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    out.extend_from_slice(&[0; 1024]);
+    out
+}
+
+/// A 1.5 KiB layer whose one sparse entry claims a terabyte: the holes the tar reader
+/// fills with zeros count against the layer size limit like any other byte written.
+#[test]
+fn a_sparse_entry_cannot_expand_past_the_layer_limit() {
+    let s = scratch();
+    let limits = Limits {
+        max_layer_bytes: 8 << 20,
+        ..Limits::default()
+    };
+    let bomb = gnu_sparse(&[(1 << 40, 0)], 1 << 40, b"");
+    assert!(bomb.len() < 2048);
+    let e = unpack(&bomb[..], &s.layer, "t", &limits).unwrap_err();
+    assert!(
+        matches!(&e, Error::LimitExceeded(m) if m.contains("layer size limit")),
+        "{e}"
+    );
+    let written = fs::metadata(s.layer.join("sparse")).map_or(0, |m| m.len());
+    assert!(written <= 8 << 20, "{written} bytes written");
+    outside_untouched(&s);
+    // A sparse file within the limit still unpacks, holes and data in place.
+    let s = scratch();
+    let ok = gnu_sparse(&[(1024, 512)], 1536, &[b's'; 512]);
+    unpack(&ok[..], &s.layer, "t", &limits).unwrap();
+    let got = fs::read(s.layer.join("sparse")).unwrap();
+    assert_eq!(got.len(), 1536);
+    assert!(got[..1024].iter().all(|b| *b == 0) && got[1024..1536].iter().all(|b| *b == b's'));
+}

@@ -386,10 +386,7 @@ mod tests {
         log.reopen().unwrap();
         framer.feed(Stream::Stdout, b"back\n", T, &mut log).unwrap();
         let text = String::from_utf8(std::fs::read(&path).unwrap()).unwrap();
-        let got: Vec<&str> = text
-            .lines()
-            .map(|l| l.split_once(' ').unwrap().1)
-            .collect();
+        let got: Vec<&str> = text.lines().map(|l| l.split_once(' ').unwrap().1).collect();
         assert_eq!(got.len(), 2, "{text}");
         assert!(
             got[0].starts_with(&format!(
