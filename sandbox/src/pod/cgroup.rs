@@ -126,6 +126,34 @@ pub fn procs_files(dirs: &[PathBuf]) -> Vec<PathBuf> {
     dirs.iter().map(|d| d.join("cgroup.procs")).collect()
 }
 
+/// SIGKILLs every process in the leaf directories and waits (up to a second) until they
+/// have left them. For what a crash left: a pod init started before the daemon died, with
+/// no pin yet to find it by, holds the cgroup (and the pod's network namespace) forever.
+pub fn kill_all(dirs: &[PathBuf]) {
+    let procs = |d: &PathBuf| -> Vec<i32> {
+        std::fs::read_to_string(d.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let mut left: Vec<i32> = dirs.iter().flat_map(procs).collect();
+        left.sort_unstable();
+        left.dedup();
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            return;
+        }
+        for pid in left {
+            // SAFETY: kill(2) on a pid listed in the cgroup; a recycled pid could only be
+            // one that joined this cgroup, which nothing but the pod's processes do.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// Removes the leaf directories; a missing one is fine. Returns the first failure.
 pub fn remove(dirs: &[PathBuf]) -> io::Result<()> {
     let mut first = Ok(());

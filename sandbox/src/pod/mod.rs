@@ -600,6 +600,8 @@ fn remove_orphan(paths: &PodPaths) {
     );
     if let Ok(rel) = std::fs::read_to_string(paths.dir.join(ORPHAN_CGROUP_FILE)) {
         let dirs = cgroup::leaf_dirs(Path::new(rel.trim()));
+        // An init started just before the crash may have no pin to be found by yet.
+        cgroup::kill_all(&dirs);
         log_failure("removing an orphaned pod cgroup", cgroup::remove(&dirs));
     }
     log_failure(
