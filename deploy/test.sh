@@ -3,7 +3,8 @@
 #   1. what the tests need (deploy/install.sh --deps-only: Debian packages, cri-tools),
 #   2. formatting and clippy with warnings denied,
 #   3. unit and integration tests (real kernel, registry, CNI plugins, crictl),
-#   4. the critest conformance suite against a release build of berth, with the
+#   4. the fuzz targets (FUZZING.md), each for a bounded time from its seed corpus,
+#   5. the critest conformance suite against a release build of berth, with the
 #      expected-to-pass list enforced, and against containerd for the comparison table.
 #
 #   deploy/test.sh                  # all of it
@@ -34,6 +35,10 @@ cargo test --release --workspace --no-fail-fast 2>&1 | tee target/test.log
 read -r cargo_passed cargo_failed < <(awk '/^test result:/ {
     for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i }
 } END { print p + 0, f + 0 }' target/test.log)
+
+# Bounded (FUZZ_SECONDS per target); a crash fails the suite and keeps its input.
+step "fuzz targets, ${FUZZ_SECONDS:=30} s each"
+FUZZ_SECONDS=$FUZZ_SECONDS deploy/fuzz.sh
 
 step "release build for critest"
 cargo build --release -p cri-server
