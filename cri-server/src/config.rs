@@ -41,6 +41,9 @@ pub struct CniConfig {
     pub conf_dir: PathBuf,
     /// Where plugin binaries are looked up, in order.
     pub bin_dirs: Vec<PathBuf>,
+    /// A network config template rendered into `<conf_dir>/10-berth-net.conflist` once the
+    /// kubelet sets the node's pod CIDR (UpdateRuntimeConfig); empty: none.
+    pub conf_template: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,6 +88,7 @@ impl Default for CniConfig {
         Self {
             conf_dir: "/etc/cni/net.d".into(),
             bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
+            conf_template: PathBuf::new(),
         }
     }
 }
@@ -204,6 +208,17 @@ impl Config {
         }
         if self.cni.bin_dirs.is_empty() {
             return Err("cni.bin_dirs: at least one directory is needed".into());
+        }
+        let template = &self.cni.conf_template;
+        if !template.as_os_str().is_empty() {
+            if !template.is_absolute() {
+                return Err(format!(
+                    "cni.conf_template: {} is not an absolute path",
+                    template.display()
+                ));
+            }
+            crate::runtime::update_runtime_config::check_template(template)
+                .map_err(|e| format!("cni.conf_template: {}: {e}", template.display()))?;
         }
         if self.cgroup_driver == CgroupDriver::Systemd {
             return Err("cgroup_driver: \"systemd\" is not supported yet; use \"cgroupfs\"".into());

@@ -33,6 +33,8 @@ pub struct CriService {
     pub containers: Arc<Containers>,
     /// The server behind the URLs Exec, Attach and PortForward return.
     pub streaming: Arc<StreamingServer>,
+    /// The node's pod CIDR as the kubelet last set it (UpdateRuntimeConfig); empty: unset.
+    pub pod_cidr: Arc<std::sync::Mutex<String>>,
 }
 
 impl CriService {
@@ -88,6 +90,7 @@ impl CriService {
             pods,
             containers,
             streaming: Arc::new(streaming),
+            pod_cidr: Arc::default(),
         })
     }
 }
@@ -336,9 +339,12 @@ impl RuntimeService for CriService {
 
     async fn update_runtime_config(
         &self,
-        _r: Request<cri::UpdateRuntimeConfigRequest>,
+        r: Request<cri::UpdateRuntimeConfigRequest>,
     ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
-        not_yet("UpdateRuntimeConfig")
+        respond(
+            "UpdateRuntimeConfig",
+            runtime::update_runtime_config::update_runtime_config(self, r.into_inner()).await,
+        )
     }
 
     async fn status(

@@ -99,6 +99,64 @@ async fn network_is_ready_with_a_conflist_and_its_plugins() {
     assert!(conds.iter().all(|c| c.status), "{conds:?}");
 }
 
+/// The kubelet's pod CIDR: kept and shown by Status, rendered into the pod network from
+/// the configured template (the network is then ready), and a bad one refused by name.
+#[tokio::test(flavor = "multi_thread")]
+async fn update_runtime_config_renders_the_pod_cidr_into_the_network() {
+    let conf = tempfile::tempdir().unwrap();
+    let bin = tempfile::tempdir().unwrap();
+    let template = bin.path().join("template.json");
+    std::fs::write(
+        &template,
+        r#"{"cniVersion":"1.0.0","name":"t","plugins":[{"type":"bridge","ipam":{"type":"host-local","ranges":[[{"subnet":"{{.PodCIDR}}"}]]}}]}"#,
+    )
+    .unwrap();
+    for p in ["bridge", "loopback"] {
+        let f = bin.path().join(p);
+        std::fs::write(&f, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let d = Daemon::start_with_config(&format!(
+        "[cni]\nconf_dir = {:?}\nbin_dirs = [{:?}]\nconf_template = {:?}\n",
+        conf.path(),
+        bin.path(),
+        template
+    ));
+    let mut rt = d.runtime().await;
+    let update = |cidr: &str| cri::UpdateRuntimeConfigRequest {
+        runtime_config: Some(cri::RuntimeConfig {
+            network_config: Some(cri::NetworkConfig {
+                pod_cidr: cidr.into(),
+            }),
+        }),
+    };
+    let e = rt
+        .update_runtime_config(update("10.77.0.0/33"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    rt.update_runtime_config(update("10.77.0.0/24"))
+        .await
+        .unwrap();
+    let rendered: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(conf.path().join("10-berth-net.conflist")).unwrap())
+            .unwrap();
+    assert_eq!(
+        rendered["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+        "10.77.0.0/24"
+    );
+    let s = rt
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.info["podCIDR"], "10.77.0.0/24");
+    assert!(
+        s.status.unwrap().conditions.iter().all(|c| c.status),
+        "the rendered network should be ready"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn runtime_config_reports_cgroupfs() {
     let d = Daemon::start();

@@ -23,4 +23,5 @@ pub mod sandbox_status;
 pub mod sandbox_stop;
 pub mod status;
 pub mod update_container_resources;
+pub mod update_runtime_config;
 pub mod version;

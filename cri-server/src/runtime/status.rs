@@ -49,6 +49,8 @@ pub fn status(svc: &CriService, req: StatusRequest) -> CriResult<StatusResponse>
             fields.insert("stateDir".into(), serde_json::json!(cfg.state_dir));
         }
         info.insert("config".to_string(), config.to_string());
+        let pod_cidr = svc.pod_cidr.lock().expect("pod CIDR").clone();
+        info.insert("podCIDR".to_string(), pod_cidr);
     }
     Ok(StatusResponse {
         status: Some(RuntimeStatus {
