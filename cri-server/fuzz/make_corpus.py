@@ -5,7 +5,8 @@ after edits). Each seed is the target's input format (see fuzz_targets/container
     [flags][u16 LE n][image config JSON][u16 LE m][passwd NUL group][CreateContainerRequest]
 
 The requests are written in protobuf text format and encoded with `protoc --encode`
-against the CRI API's v1.proto, as shipped in the k8s-cri crate.
+against the CRI API berth is built from (cri-api/proto/api.proto; the `debug_redact`
+options Debian's protoc does not know are dropped from a copy, as cri-api/build.rs does).
 
     python3 cri-server/fuzz/make_corpus.py
 """
@@ -17,11 +18,11 @@ import struct
 import subprocess
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PROTOS = sorted(glob.glob(os.path.expanduser(
-    "~/.cargo/registry/src/*/k8s-cri-0.11.*/proto/v1.proto")))
-if not PROTOS:
-    raise SystemExit("v1.proto not found: build cri-server once so cargo fetches k8s-cri")
-PROTO = PROTOS[-1]
+_API = os.path.join(HERE, "..", "..", "cri-api", "proto", "api.proto")
+_PROTO_DIR = __import__("tempfile").mkdtemp(prefix="cri-proto-")
+PROTO = os.path.join(_PROTO_DIR, "api.proto")
+with open(_API) as src, open(PROTO, "w") as dst:
+    dst.write(src.read().replace(" [debug_redact = true]", ""))
 
 POD = """
 sandbox_config {

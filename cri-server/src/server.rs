@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use k8s_cri::v1::image_service_server::ImageServiceServer;
-use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use cri_api::v1::image_service_server::ImageServiceServer;
+use cri_api::v1::runtime_service_server::RuntimeServiceServer;
 use meta_store::MetaStore;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -160,7 +160,7 @@ async fn describe_server(socket: &Path) -> String {
     let ask = async {
         let channel = crate::client::connect(socket).await.ok()?;
         let v = crate::client::runtime(channel)
-            .version(k8s_cri::v1::VersionRequest::default())
+            .version(cri_api::v1::VersionRequest::default())
             .await
             .ok()?
             .into_inner();

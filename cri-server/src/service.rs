@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
+use cri_api::v1 as cri;
+use cri_api::v1::image_service_server::ImageService;
+use cri_api::v1::runtime_service_server::RuntimeService;
 use image_store::ImageStore;
-use k8s_cri::v1 as cri;
-use k8s_cri::v1::image_service_server::ImageService;
-use k8s_cri::v1::runtime_service_server::RuntimeService;
 use meta_store::MetaStore;
 use sandbox::pod::{PodManager, PodManagerConfig};
 use sandbox::trash::Trash;
@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::containers::Containers;
 use crate::daemon_streaming::DaemonStreaming;
 use crate::error::{CriError, CriResult};
+use crate::runtime::list_stream::ListStream;
 use crate::{image, runtime};
 
 /// Shared daemon state; cheap to clone.
@@ -396,6 +397,84 @@ impl RuntimeService for CriService {
             runtime::runtime_config::runtime_config(self, r.into_inner()),
         )
     }
+
+    type StreamPodSandboxesStream = ListStream<cri::StreamPodSandboxesResponse>;
+
+    async fn stream_pod_sandboxes(
+        &self,
+        r: Request<cri::StreamPodSandboxesRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
+        respond(
+            "StreamPodSandboxes",
+            runtime::stream_pod_sandboxes::stream_pod_sandboxes(self, r.into_inner()).await,
+        )
+    }
+
+    type StreamContainersStream = ListStream<cri::StreamContainersResponse>;
+
+    async fn stream_containers(
+        &self,
+        r: Request<cri::StreamContainersRequest>,
+    ) -> Result<Response<Self::StreamContainersStream>, Status> {
+        respond(
+            "StreamContainers",
+            runtime::stream_containers::stream_containers(self, r.into_inner()).await,
+        )
+    }
+
+    type StreamContainerStatsStream = ListStream<cri::StreamContainerStatsResponse>;
+
+    async fn stream_container_stats(
+        &self,
+        r: Request<cri::StreamContainerStatsRequest>,
+    ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
+        respond(
+            "StreamContainerStats",
+            runtime::stream_container_stats::stream_container_stats(self, r.into_inner()).await,
+        )
+    }
+
+    type StreamPodSandboxStatsStream = ListStream<cri::StreamPodSandboxStatsResponse>;
+
+    async fn stream_pod_sandbox_stats(
+        &self,
+        r: Request<cri::StreamPodSandboxStatsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
+        respond(
+            "StreamPodSandboxStats",
+            runtime::stream_pod_sandbox_stats::stream_pod_sandbox_stats(self, r.into_inner()).await,
+        )
+    }
+
+    type StreamPodSandboxMetricsStream = ListStream<cri::StreamPodSandboxMetricsResponse>;
+
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _r: Request<cri::StreamPodSandboxMetricsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
+        not_yet("StreamPodSandboxMetrics")
+    }
+
+    async fn checkpoint_pod(
+        &self,
+        _r: Request<cri::CheckpointPodRequest>,
+    ) -> Result<Response<cri::CheckpointPodResponse>, Status> {
+        not_yet("CheckpointPod")
+    }
+
+    async fn restore_pod(
+        &self,
+        _r: Request<cri::RestorePodRequest>,
+    ) -> Result<Response<cri::RestorePodResponse>, Status> {
+        not_yet("RestorePod")
+    }
+
+    async fn update_pod_sandbox_resources(
+        &self,
+        _r: Request<cri::UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<cri::UpdatePodSandboxResourcesResponse>, Status> {
+        not_yet("UpdatePodSandboxResources")
+    }
 }
 
 #[tonic::async_trait]
@@ -447,6 +526,18 @@ impl ImageService for CriService {
         respond(
             "ImageFsInfo",
             image::image_fs_info::image_fs_info(self, r.into_inner()).await,
+        )
+    }
+
+    type StreamImagesStream = ListStream<cri::StreamImagesResponse>;
+
+    async fn stream_images(
+        &self,
+        r: Request<cri::StreamImagesRequest>,
+    ) -> Result<Response<Self::StreamImagesStream>, Status> {
+        respond(
+            "StreamImages",
+            image::stream_images::stream_images(self, r.into_inner()).await,
         )
     }
 }

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{BUSYBOX, pod_config, pull, remove_pod, wait_exited};
-use k8s_cri::v1 as cri;
+use cri_api::v1 as cri;
 use tonic::transport::Channel;
 
 type Runtime = cri::runtime_service_client::RuntimeServiceClient<Channel>;

@@ -7,7 +7,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::process::Command;
 
 use common::{Daemon, berth_bin};
-use k8s_cri::v1 as cri;
+use cri_api::v1 as cri;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn version_names_berth_and_cri_v1() {
@@ -176,18 +176,108 @@ async fn runtime_config_reports_cgroupfs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn rpcs_not_done_yet_answer_unimplemented_by_name() {
     let d = Daemon::start();
-    let e = d
-        .runtime()
-        .await
-        .checkpoint_container(cri::CheckpointContainerRequest::default())
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Unimplemented);
+    let mut rt = d.runtime().await;
+    let answers = [
+        (
+            "CheckpointContainer",
+            rt.checkpoint_container(cri::CheckpointContainerRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "CheckpointPod",
+            rt.checkpoint_pod(cri::CheckpointPodRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "RestorePod",
+            rt.restore_pod(cri::RestorePodRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "UpdatePodSandboxResources",
+            rt.update_pod_sandbox_resources(cri::UpdatePodSandboxResourcesRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "StreamPodSandboxMetrics",
+            rt.stream_pod_sandbox_metrics(cri::StreamPodSandboxMetricsRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+    ];
+    for (rpc, answer) in answers {
+        let e = answer.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unimplemented, "{rpc}");
+        assert!(e.message().contains(rpc), "{rpc}: {}", e.message());
+    }
+    // Refusals are logged at warn, with the RPC's name.
     assert!(
-        e.message().contains("CheckpointContainer"),
+        d.log()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("RestorePod")),
         "{}",
-        e.message()
+        d.log()
     );
+}
+
+/// The streaming list RPCs (Kubernetes 1.36) answer what the List calls answer, each
+/// object once, in messages of bounded size.
+#[tokio::test(flavor = "multi_thread")]
+async fn streaming_lists_answer_what_the_lists_answer() {
+    let d = Daemon::start();
+    let mut rt = d.runtime().await;
+    let logs = tempfile::tempdir().unwrap();
+    let mut made = Vec::new();
+    for i in 0..3 {
+        let mut cfg = common::pod_config(&format!("stream-list-{i}"), logs.path());
+        cfg.linux = Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: cri::NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        made.push(
+            rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(cfg),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id,
+        );
+    }
+    let mut stream = rt
+        .stream_pod_sandboxes(cri::StreamPodSandboxesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut streamed = Vec::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        streamed.extend(m.pod_sandboxes.into_iter().map(|p| p.id));
+    }
+    streamed.sort();
+    made.sort();
+    assert_eq!(streamed, made);
+    let mut containers = rt
+        .stream_containers(cri::StreamContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let first = containers.message().await.unwrap().unwrap();
+    assert!(first.containers.is_empty());
+    assert!(containers.message().await.unwrap().is_none());
+    for id in made {
+        common::remove_pod(&mut rt, &id).await;
+    }
 }
 
 #[test]

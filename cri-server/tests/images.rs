@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::Daemon;
-use k8s_cri::v1::{
+use cri_api::v1::{
     AuthConfig, ImageFilter, ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListImagesRequest,
     PullImageRequest, RemoveImageRequest,
 };
@@ -386,7 +386,7 @@ async fn pull_with(
     Ok(r.into_inner().image_ref)
 }
 
-async fn status(d: &Daemon, image: &str) -> Option<k8s_cri::v1::Image> {
+async fn status(d: &Daemon, image: &str) -> Option<cri_api::v1::Image> {
     d.images()
         .await
         .image_status(ImageStatusRequest {
@@ -399,7 +399,7 @@ async fn status(d: &Daemon, image: &str) -> Option<k8s_cri::v1::Image> {
         .image
 }
 
-async fn list(d: &Daemon) -> Vec<k8s_cri::v1::Image> {
+async fn list(d: &Daemon) -> Vec<cri_api::v1::Image> {
     d.images()
         .await
         .list_images(ListImagesRequest { filter: None })

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{BUSYBOX, Daemon, pod_config, pull, remove_pod};
-use k8s_cri::v1 as cri;
+use cri_api::v1 as cri;
 use tonic::Code;
 use tonic::transport::Channel;
 

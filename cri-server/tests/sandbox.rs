@@ -13,8 +13,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::Daemon;
-use k8s_cri::v1 as cri;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use cri_api::v1 as cri;
+use cri_api::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
 
 const DEPLOY_CONFLIST: &str = include_str!("../../deploy/cni/10-berth-bridge.conflist");

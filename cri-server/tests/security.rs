@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{BUSYBOX, Daemon, pod_config, pull, remove_pod, start, wait_exited};
-use k8s_cri::v1 as cri;
+use cri_api::v1 as cri;
 use tonic::transport::Channel;
 
 type Runtime = cri::runtime_service_client::RuntimeServiceClient<Channel>;

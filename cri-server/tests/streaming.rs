@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{BUSYBOX, Daemon, pod_config};
-use k8s_cri::v1 as cri;
+use cri_api::v1 as cri;
 use tonic::Code;
 use tonic::transport::Channel;
 

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::{BUSYBOX, pull, start, wait_exited};
-use k8s_cri::v1 as cri;
+use cri_api::v1 as cri;
 use tonic::transport::Channel;
 
 const REGISTRY: &str = "127.0.0.1:5000/berth-test";

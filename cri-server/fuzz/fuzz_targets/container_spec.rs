@@ -25,7 +25,7 @@ use cri_server::containers::spec::{self, ContainerDirs, ImageFacts};
 use cri_server::containers::{parse_signal, wasm};
 use cri_server::runtime::sandbox_run::pod_spec;
 use image_store::{ImageRecord, LayerFormat, LayerRecord, Platform};
-use k8s_cri::v1 as cri;
+use cri_api::v1 as cri;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use sandbox::pod::files;
@@ -186,7 +186,10 @@ fuzz_target!(|data: &[u8]| {
     let _ = parse_signal(&facts.stop_signal);
     let image = image_record(&config, artifact_image);
     let argv = spec::process_args(&cfg, &facts);
-    let env = spec::merge_env(&facts.env, &cfg.envs);
+    // Refusing a value (NUL, not UTF-8) is a clear error, not a bug.
+    let Ok(env) = spec::merge_env(&facts.env, &cfg.envs) else {
+        return;
+    };
     let mut keys: Vec<&str> = env.iter().map(|e| e.split('=').next().unwrap()).collect();
     let n = keys.len();
     keys.sort_unstable();

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use k8s_cri::v1 as cri;
+use cri_api::v1 as cri;
 use meta_store::MetaStore;
 use sandbox::container::{self as ctr, ContainerState, MonitorCommand};
 use sandbox::trash::Trash;

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use k8s_cri::v1 as cri;
+use cri_api::v1 as cri;
 use sandbox::container::ContainerSpec;
 use sandbox::container::caps;
 use sandbox::container::cgroup::Resources;
@@ -16,7 +16,7 @@ use sandbox::container::spec::{
 use sandbox::pod::{NamespaceMode, PodView};
 
 use super::user::{self, ResolvedUser, UserRequest};
-use crate::error::CriError;
+use crate::error::{CriError, CriResult};
 
 /// What CreateContainer needs to know about the image.
 #[derive(Debug, Clone, Default)]
@@ -150,26 +150,54 @@ pub fn working_dir(cfg: &cri::ContainerConfig, image: &ImageFacts) -> PathBuf {
 }
 
 /// The image's env, overridden key by key by the request's.
-pub fn merge_env(image_env: &[String], req: &[cri::KeyValue]) -> Vec<String> {
+pub fn merge_env(image_env: &[String], req: &[cri::KeyValue]) -> CriResult<Vec<String>> {
     let mut order: Vec<String> = Vec::new();
     let mut values: BTreeMap<String, String> = BTreeMap::new();
+    let requested = req
+        .iter()
+        .map(env_entry)
+        .collect::<CriResult<Vec<(String, String)>>>()?;
     let entries = image_env
         .iter()
         .map(|e| match e.split_once('=') {
             Some((k, v)) => (k.to_string(), v.to_string()),
             None => (e.clone(), String::new()),
         })
-        .chain(req.iter().map(|kv| (kv.key.clone(), kv.value.clone())));
+        .chain(requested);
     for (k, v) in entries {
         if !values.contains_key(&k) {
             order.push(k.clone());
         }
         values.insert(k, v);
     }
-    order
+    Ok(order
         .into_iter()
         .map(|k| format!("{k}={}", values[&k]))
-        .collect()
+        .collect())
+}
+
+/// One requested variable. Since Kubernetes 1.37 the CRI carries values as bytes; execve
+/// cannot pass a NUL, and berth keeps the environment as text.
+fn env_entry(kv: &cri::KeyValue) -> CriResult<(String, String)> {
+    if kv.key.is_empty() || kv.key.contains(['=', '\0']) {
+        return Err(invalid(format!(
+            "envs: the name {:?} is empty or holds '=' or NUL",
+            kv.key
+        )));
+    }
+    if kv.value.contains(&0) {
+        return Err(invalid(format!(
+            "envs: the value of {} contains a NUL byte, which execve cannot pass",
+            kv.key
+        )));
+    }
+    let value = String::from_utf8(kv.value.clone()).map_err(|_| {
+        invalid(format!(
+            "envs: the value of {} is not UTF-8, which berth needs for environment values",
+            kv.key
+        ))
+    })?;
+    Ok((kv.key.clone(), value))
 }
 
 /// containerd's capability rules: defaults, ALL in add or drop, then the named ones.
@@ -412,7 +440,7 @@ pub fn build(
     };
     let user = user::resolve(&user_req, &image.layers).map_err(invalid)?;
 
-    let mut env = merge_env(&image.env, &cfg.envs);
+    let mut env = merge_env(&image.env, &cfg.envs)?;
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         env.push(format!("HOME={}", user.home.as_deref().unwrap_or("/")));
     }
@@ -694,8 +722,31 @@ mod tests {
                     value: "3".into(),
                 },
             ],
-        );
+        )
+        .unwrap();
         assert_eq!(env, ["PATH=/bin", "A=2", "B=3"]);
+    }
+
+    /// 1.37's env values are bytes: newlines pass, NUL and non-UTF-8 are refused by name.
+    #[test]
+    fn env_values_are_bytes_checked_for_execve() {
+        let kv = |k: &str, v: &[u8]| cri::KeyValue {
+            key: k.into(),
+            value: v.to_vec(),
+        };
+        let env = merge_env(&[], &[kv("SECRET", b"line-1\nline-2\n")]).unwrap();
+        assert_eq!(env, ["SECRET=line-1\nline-2\n"]);
+        for (entry, says) in [
+            (kv("NUL", b"a\0b"), "NUL"),
+            (kv("LATIN1", b"caf\xe9"), "not UTF-8"),
+            (kv("A=B", b"x"), "'='"),
+        ] {
+            let e = merge_env(&[], &[entry]).unwrap_err();
+            assert!(
+                matches!(&e, CriError::InvalidArgument(m) if m.starts_with("envs:") && m.contains(says)),
+                "{e}"
+            );
+        }
     }
 
     fn sc_caps(add: &[&str], drop: &[&str]) -> cri::LinuxContainerSecurityContext {

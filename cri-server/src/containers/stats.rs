@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use k8s_cri::v1 as cri;
+use cri_api::v1 as cri;
 use sandbox::container::cgroup::{Cgroup, CgroupStats, Hierarchy};
 use sandbox::container::{ContainerSpec, state};
 
@@ -49,6 +49,8 @@ fn cpu(rates: &CpuRates, key: &str, at: i64, s: &CgroupStats) -> cri::CpuUsage {
         usage_nano_cores: Some(cri::UInt64Value {
             value: rates.rate(key, at, s.cpu_usage_ns),
         }),
+        // Pressure stall information comes with the cgroup v2 work; v1 has none.
+        psi: None,
     }
 }
 

@@ -1,6 +1,6 @@
 //! ListImages: served from the store's in-memory index.
 
-use k8s_cri::v1::{ListImagesRequest, ListImagesResponse};
+use cri_api::v1::{ListImagesRequest, ListImagesResponse};
 
 use super::{cri_image, spec_ref};
 use crate::error::CriResult;

@@ -1,7 +1,7 @@
 //! PullImage. The answer's image_ref is the image id (config digest), as containerd's.
 
+use cri_api::v1::{PullImageRequest, PullImageResponse};
 use image_store::{Credentials, PlatformChoice, PullRequest};
-use k8s_cri::v1::{PullImageRequest, PullImageResponse};
 
 use crate::error::{CriError, CriResult};
 use crate::service::CriService;

@@ -1,7 +1,7 @@
 //! RemoveImage: like containerd, removes the image whatever reference names it, with all
 //! its tags; an unknown image is not an error. Unused layers and blobs go with it.
 
-use k8s_cri::v1::{RemoveImageRequest, RemoveImageResponse};
+use cri_api::v1::{RemoveImageRequest, RemoveImageResponse};
 
 use super::spec_ref;
 use crate::error::{CriError, CriResult, blocking};

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use k8s_cri::v1::{ImageStatusRequest, ImageStatusResponse};
+use cri_api::v1::{ImageStatusRequest, ImageStatusResponse};
 
 use super::{cri_image, spec_ref};
 use crate::error::{CriError, CriResult};

@@ -6,9 +6,10 @@ pub mod image_pull;
 pub mod image_remove;
 pub mod image_status;
 pub mod import;
+pub mod stream_images;
 
+use cri_api::v1 as cri;
 use image_store::ImageRecord;
-use k8s_cri::v1 as cri;
 
 /// An image record as the CRI shows it.
 pub(crate) fn cri_image(r: &ImageRecord) -> cri::Image {

@@ -1,6 +1,6 @@
 //! Attach: validate the request and return the single-use streaming URL.
 
-use k8s_cri::v1::{AttachRequest, AttachResponse};
+use cri_api::v1::{AttachRequest, AttachResponse};
 
 use crate::error::CriResult;
 use crate::service::CriService;

@@ -3,7 +3,7 @@
 //! StartContainer. A failure leaves nothing behind (the sandbox layer undoes its own steps;
 //! the name reservation is released here).
 
-use k8s_cri::v1::{CreateContainerRequest, CreateContainerResponse, NamespaceMode};
+use cri_api::v1::{CreateContainerRequest, CreateContainerResponse, NamespaceMode};
 use sandbox::container::{self as ctr, ContainerState};
 
 use std::collections::HashMap;
@@ -79,7 +79,7 @@ pub async fn create_container(
 
     // Native or Wasm: decided per container, before anything is created.
     let argv = spec::process_args(&cfg, &facts);
-    let env = spec::merge_env(&facts.env, &cfg.envs);
+    let env = spec::merge_env(&facts.env, &cfg.envs)?;
     let cwd = spec::working_dir(&cfg, &facts);
     let pod_annotations: HashMap<String, String> = pod
         .record
@@ -238,7 +238,7 @@ pub async fn create_container(
     }
     svc.containers.emit(
         &record,
-        k8s_cri::v1::ContainerEventType::ContainerCreatedEvent,
+        cri_api::v1::ContainerEventType::ContainerCreatedEvent,
     );
     svc.containers.watch_exit(record);
     Ok(CreateContainerResponse { container_id: id })
@@ -249,7 +249,7 @@ pub async fn create_container(
 /// send only an id get the image's first tag (as containerd does), so a status never shows
 /// a bare id where the kubelet compares names.
 fn image_as_named(
-    cfg: &k8s_cri::v1::ContainerConfig,
+    cfg: &cri_api::v1::ContainerConfig,
     requested: &str,
     image: &image_store::ImageRecord,
 ) -> String {
@@ -299,7 +299,7 @@ impl Drop for LayerRoot {
 /// For PID namespace mode TARGET: the running target container's PID namespace.
 fn target_pid_namespace(
     svc: &CriService,
-    cfg: &k8s_cri::v1::ContainerConfig,
+    cfg: &cri_api::v1::ContainerConfig,
 ) -> CriResult<Option<std::path::PathBuf>> {
     let ns = cfg
         .linux

@@ -4,7 +4,7 @@
 
 use std::pin::Pin;
 
-use k8s_cri::v1::{ContainerEventResponse, GetEventsRequest};
+use cri_api::v1::{ContainerEventResponse, GetEventsRequest};
 use tokio_stream::{Stream, StreamExt, wrappers::BroadcastStream};
 use tonic::Status;
 

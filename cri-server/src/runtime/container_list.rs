@@ -1,6 +1,6 @@
 //! ListContainers: filters by id (or id prefix), state, pod sandbox and labels.
 
-use k8s_cri::v1 as cri;
+use cri_api::v1 as cri;
 use sandbox::container::ContainerState;
 
 use crate::error::{CriResult, blocking};

@@ -1,7 +1,7 @@
 //! RemoveContainer: kill if needed, remove the rootfs, cgroup and state, forget the record.
 //! Idempotent: a container id berth does not know is fine (an unknown prefix is not).
 
-use k8s_cri::v1::{RemoveContainerRequest, RemoveContainerResponse};
+use cri_api::v1::{RemoveContainerRequest, RemoveContainerResponse};
 
 use crate::error::CriResult;
 use crate::service::CriService;

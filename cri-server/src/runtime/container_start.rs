@@ -1,6 +1,6 @@
 //! StartContainer: open the start gate of a created container.
 
-use k8s_cri::v1::{ContainerEventType, StartContainerRequest, StartContainerResponse};
+use cri_api::v1::{ContainerEventType, StartContainerRequest, StartContainerResponse};
 use sandbox::container::{self as ctr, ContainerState};
 
 use crate::error::{CriError, CriResult, blocking};

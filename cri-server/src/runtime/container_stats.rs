@@ -1,6 +1,6 @@
 //! ContainerStats: CPU and memory from the container's cgroup, disk from its writable layer.
 
-use k8s_cri::v1::{ContainerStatsRequest, ContainerStatsResponse};
+use cri_api::v1::{ContainerStatsRequest, ContainerStatsResponse};
 
 use crate::containers::stats;
 use crate::error::{CriResult, blocking};

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use k8s_cri::v1 as cri;
+use cri_api::v1 as cri;
 use sandbox::container::ContainerState;
 
 use crate::containers::{ContainerRecord, wasm};

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use k8s_cri::v1::{StopContainerRequest, StopContainerResponse};
+use cri_api::v1::{StopContainerRequest, StopContainerResponse};
 
 use crate::error::CriResult;
 use crate::service::CriService;

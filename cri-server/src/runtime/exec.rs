@@ -1,7 +1,7 @@
 //! Exec: validate the request and return the single-use streaming URL the client then
 //! connects to (the session itself is the streaming server's).
 
-use k8s_cri::v1::{ExecRequest, ExecResponse};
+use cri_api::v1::{ExecRequest, ExecResponse};
 
 use crate::error::CriResult;
 use crate::service::CriService;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use k8s_cri::v1::{ExecSyncRequest, ExecSyncResponse};
+use cri_api::v1::{ExecSyncRequest, ExecSyncResponse};
 use sandbox::container::{self as ctr, ContainerState};
 
 use crate::containers::wasm;

@@ -1,6 +1,6 @@
 //! ListContainerStats: the stats of every container matching the filter (id, pod, labels).
 
-use k8s_cri::v1::{ListContainerStatsRequest, ListContainerStatsResponse};
+use cri_api::v1::{ListContainerStatsRequest, ListContainerStatsResponse};
 
 use crate::containers::stats;
 use crate::error::{CriResult, blocking};

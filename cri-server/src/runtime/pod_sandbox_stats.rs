@@ -1,7 +1,7 @@
 //! PodSandboxStats and ListPodSandboxStats: pod-level CPU, memory and process counts with
 //! the stats of each of the pod's containers.
 
-use k8s_cri::v1 as cri;
+use cri_api::v1 as cri;
 use sandbox::pod::PodView;
 
 use crate::containers::stats;

@@ -1,7 +1,7 @@
 //! PortForward: check the pod and return the single-use streaming URL. Each forwarded
 //! connection is dialed inside the pod's network namespace (`crate::daemon_streaming`).
 
-use k8s_cri::v1::{PortForwardRequest, PortForwardResponse};
+use cri_api::v1::{PortForwardRequest, PortForwardResponse};
 
 use crate::error::{CriError, CriResult};
 use crate::service::CriService;

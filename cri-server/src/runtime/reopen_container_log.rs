@@ -1,7 +1,7 @@
 //! ReopenContainerLog: after the kubelet renamed the log file, the monitor continues in a
 //! new file at the original path. Only for running containers, as the CRI allows.
 
-use k8s_cri::v1::{ReopenContainerLogRequest, ReopenContainerLogResponse};
+use cri_api::v1::{ReopenContainerLogRequest, ReopenContainerLogResponse};
 use sandbox::container::{self as ctr, ContainerState};
 
 use crate::error::{CriError, CriResult, blocking};

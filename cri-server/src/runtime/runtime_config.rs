@@ -1,7 +1,7 @@
 //! RuntimeConfig: the cgroup driver the kubelet must use (KEP-4033). Static for the life
 //! of the daemon, as the kubelet queries it only once.
 
-use k8s_cri::v1::{
+use cri_api::v1::{
     CgroupDriver, LinuxRuntimeConfiguration, RuntimeConfigRequest, RuntimeConfigResponse,
 };
 

@@ -1,7 +1,7 @@
 //! ListPodSandbox, with the CRI filters: id (a prefix is enough), state and a label
 //! selector (every pair must match).
 
-use k8s_cri::v1::{ListPodSandboxRequest, ListPodSandboxResponse, PodSandbox, PodSandboxFilter};
+use cri_api::v1::{ListPodSandboxRequest, ListPodSandboxResponse, PodSandbox, PodSandboxFilter};
 use sandbox::pod::PodView;
 
 use super::sandbox_status::{metadata_to_cri, state_to_cri};

@@ -1,7 +1,7 @@
 //! RemovePodSandbox: stops the pod if needed and removes it with everything it holds.
 //! Idempotent; a pod id berth does not know is not an error (an unknown prefix is).
 
-use k8s_cri::v1::{RemovePodSandboxRequest, RemovePodSandboxResponse};
+use cri_api::v1::{RemovePodSandboxRequest, RemovePodSandboxResponse};
 
 use super::sandbox_stop::stop_pod;
 use crate::error::{CriResult, blocking};

@@ -1,7 +1,7 @@
 //! RunPodSandbox: translates the CRI request into a `PodSpec` and lets the pod manager
 //! build the pod (on a blocking thread: it forks, mounts and waits for CNI plugins).
 
-use k8s_cri::v1::{self as cri, RunPodSandboxRequest, RunPodSandboxResponse};
+use cri_api::v1::{self as cri, RunPodSandboxRequest, RunPodSandboxResponse};
 use sandbox::cni::PortMapping;
 use sandbox::pod::files::DnsConfig;
 use sandbox::pod::{IdMapping, NamespaceMode, NamespaceModes, PodSpec, UserNamespaceSpec};

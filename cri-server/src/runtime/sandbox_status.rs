@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use k8s_cri::v1::{self as cri, PodSandboxStatusRequest, PodSandboxStatusResponse};
+use cri_api::v1::{self as cri, PodSandboxStatusRequest, PodSandboxStatusResponse};
 use sandbox::pod::PodView;
 
 use super::sandbox_run::mode_to_cri;

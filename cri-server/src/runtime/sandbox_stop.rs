@@ -1,7 +1,7 @@
 //! StopPodSandbox: kills the pod's containers and stops the pod itself (init and network).
 //! Idempotent; an unknown pod is not an error.
 
-use k8s_cri::v1::{StopPodSandboxRequest, StopPodSandboxResponse};
+use cri_api::v1::{StopPodSandboxRequest, StopPodSandboxResponse};
 
 use crate::error::{CriResult, blocking};
 use crate::service::CriService;

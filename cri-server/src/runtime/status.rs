@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use k8s_cri::v1::{
+use cri_api::v1::{
     RuntimeCondition, RuntimeFeatures, RuntimeHandler, RuntimeHandlerFeatures, RuntimeStatus,
     StatusRequest, StatusResponse,
 };
@@ -70,6 +70,10 @@ pub fn status(svc: &CriService, req: StatusRequest) -> CriResult<StatusResponse>
             .collect(),
         features: Some(RuntimeFeatures {
             supplemental_groups_policy: true,
+            // Not yet: mount options on CRI mounts, and user namespaces for pods on the
+            // host network.
+            mount_options: false,
+            user_namespaces_host_network: false,
         }),
     })
 }

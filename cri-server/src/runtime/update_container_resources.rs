@@ -1,7 +1,7 @@
 //! UpdateContainerResources: new CPU and memory limits written to the container's cgroup
 //! and remembered in its spec.
 
-use k8s_cri::v1::{UpdateContainerResourcesRequest, UpdateContainerResourcesResponse};
+use cri_api::v1::{UpdateContainerResourcesRequest, UpdateContainerResourcesResponse};
 use sandbox::container::cgroup::{Cgroup, Hierarchy};
 use sandbox::container::{ContainerSpec, state};
 

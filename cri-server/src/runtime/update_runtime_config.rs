@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use k8s_cri::v1::{UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse};
+use cri_api::v1::{UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse};
 
 use crate::error::{CriError, CriResult, blocking};
 use crate::service::CriService;

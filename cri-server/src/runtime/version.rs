@@ -1,6 +1,6 @@
 //! Version: who we are and which CRI version we speak.
 
-use k8s_cri::v1::{VersionRequest, VersionResponse};
+use cri_api::v1::{VersionRequest, VersionResponse};
 
 use crate::error::CriResult;
 use crate::service::CriService;

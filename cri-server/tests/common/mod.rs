@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use cri_api::v1::image_service_client::ImageServiceClient;
+use cri_api::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
 
 pub struct Daemon {
@@ -283,8 +283,8 @@ pub fn cri_daemon() -> Daemon {
 pub async fn pull(d: &Daemon, image: &str) {
     d.images()
         .await
-        .pull_image(k8s_cri::v1::PullImageRequest {
-            image: Some(k8s_cri::v1::ImageSpec {
+        .pull_image(cri_api::v1::PullImageRequest {
+            image: Some(cri_api::v1::ImageSpec {
                 image: image.into(),
                 ..Default::default()
             }),
@@ -296,9 +296,9 @@ pub async fn pull(d: &Daemon, image: &str) {
 
 /// A pod config with a name-derived uid, the hostname, a log directory and an empty DNS
 /// config (valid, as the kubelet may send it).
-pub fn pod_config(name: &str, log_dir: &Path) -> k8s_cri::v1::PodSandboxConfig {
-    k8s_cri::v1::PodSandboxConfig {
-        metadata: Some(k8s_cri::v1::PodSandboxMetadata {
+pub fn pod_config(name: &str, log_dir: &Path) -> cri_api::v1::PodSandboxConfig {
+    cri_api::v1::PodSandboxConfig {
+        metadata: Some(cri_api::v1::PodSandboxMetadata {
             name: name.into(),
             uid: format!("uid-{name}"),
             namespace: "berth-test".into(),
@@ -306,8 +306,8 @@ pub fn pod_config(name: &str, log_dir: &Path) -> k8s_cri::v1::PodSandboxConfig {
         }),
         hostname: name.into(),
         log_directory: log_dir.display().to_string(),
-        dns_config: Some(k8s_cri::v1::DnsConfig::default()),
-        linux: Some(k8s_cri::v1::LinuxPodSandboxConfig::default()),
+        dns_config: Some(cri_api::v1::DnsConfig::default()),
+        linux: Some(cri_api::v1::LinuxPodSandboxConfig::default()),
         ..Default::default()
     }
 }
@@ -315,7 +315,7 @@ pub fn pod_config(name: &str, log_dir: &Path) -> k8s_cri::v1::PodSandboxConfig {
 type RuntimeClient = RuntimeServiceClient<Channel>;
 
 pub async fn start(rt: &mut RuntimeClient, id: &str) {
-    rt.start_container(k8s_cri::v1::StartContainerRequest {
+    rt.start_container(cri_api::v1::StartContainerRequest {
         container_id: id.into(),
     })
     .await
@@ -327,11 +327,11 @@ pub async fn wait_exited(
     rt: &mut RuntimeClient,
     id: &str,
     within: Duration,
-) -> k8s_cri::v1::ContainerStatus {
+) -> cri_api::v1::ContainerStatus {
     let deadline = Instant::now() + within;
     loop {
         let s = rt
-            .container_status(k8s_cri::v1::ContainerStatusRequest {
+            .container_status(cri_api::v1::ContainerStatusRequest {
                 container_id: id.into(),
                 verbose: false,
             })
@@ -340,7 +340,7 @@ pub async fn wait_exited(
             .into_inner()
             .status
             .unwrap();
-        if s.state == k8s_cri::v1::ContainerState::ContainerExited as i32 {
+        if s.state == cri_api::v1::ContainerState::ContainerExited as i32 {
             return s;
         }
         assert!(Instant::now() < deadline, "container did not exit: {s:?}");
@@ -350,12 +350,12 @@ pub async fn wait_exited(
 
 /// StopPodSandbox then RemovePodSandbox, both of which must succeed.
 pub async fn remove_pod(rt: &mut RuntimeClient, pod_id: &str) {
-    rt.stop_pod_sandbox(k8s_cri::v1::StopPodSandboxRequest {
+    rt.stop_pod_sandbox(cri_api::v1::StopPodSandboxRequest {
         pod_sandbox_id: pod_id.into(),
     })
     .await
     .unwrap();
-    rt.remove_pod_sandbox(k8s_cri::v1::RemovePodSandboxRequest {
+    rt.remove_pod_sandbox(cri_api::v1::RemovePodSandboxRequest {
         pod_sandbox_id: pod_id.into(),
     })
     .await
