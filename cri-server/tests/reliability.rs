@@ -518,3 +518,51 @@ async fn create_racing_a_pod_stop_is_failed_precondition() {
     }
     assert_eq!(entries(&d.root.join("containers")), Vec::<String>::new());
 }
+
+/// The request's stop signal (Kubernetes 1.33+) is what StopContainer sends and what
+/// ContainerStatus reports; a value the CRI does not define is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_requests_stop_signal_is_sent_and_reported() {
+    let d = common::cri_daemon();
+    pull(&d, BUSYBOX).await;
+    let logs = tempfile::tempdir().unwrap();
+    let pod = host_network_pod("rel-signal", logs.path());
+    let mut rt = d.runtime().await;
+    let pod_id = run_pod(&mut rt, &pod).await.unwrap();
+    let mut cfg = container_config(
+        "usr1",
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 7' USR1; echo ready; while true; do sleep 0.05; done",
+        ],
+    );
+    cfg.stop_signal = cri::Signal::Sigusr1 as i32;
+    let id = create(&mut rt, &pod_id, &pod, cfg.clone()).await.unwrap();
+    common::start(&mut rt, &id).await;
+    let log = logs.path().join("usr1.log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("ready")
+    {
+        assert!(Instant::now() < deadline, "the container never got ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 20,
+    })
+    .await
+    .unwrap();
+    let s = common::wait_exited(&mut rt, &id, Duration::from_secs(5)).await;
+    assert_eq!(s.exit_code, 7, "the trap for SIGUSR1 did not run: {s:?}");
+    assert_eq!(s.stop_signal, cri::Signal::Sigusr1 as i32);
+
+    cfg.metadata.as_mut().unwrap().name = "bad-signal".into();
+    cfg.stop_signal = 999;
+    let e = create(&mut rt, &pod_id, &pod, cfg).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("stop_signal"), "{e}");
+    remove_pod(&mut rt, &pod_id).await;
+}

@@ -43,7 +43,8 @@ pub struct ContainerRecord {
     pub log_path: String,
     pub created_at_ns: i64,
     pub mounts: Vec<MountRecord>,
-    /// The image's StopSignal, e.g. `SIGQUIT`; SIGTERM when empty.
+    /// What StopContainer sends, e.g. `SIGQUIT`: the request's stop signal, else the
+    /// image's StopSignal; SIGTERM when empty.
     pub stop_signal: String,
     pub uid: u32,
     pub gid: u32,
@@ -539,7 +540,45 @@ pub fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-/// `SIGTERM`, `TERM`, `15` → the signal number.
+/// Signal names without `SIG`, as images' StopSignal and the CRI's Signal enum spell them.
+const SIGNALS: &[(&str, i32)] = &[
+    ("ABRT", libc::SIGABRT),
+    ("ALRM", libc::SIGALRM),
+    ("BUS", libc::SIGBUS),
+    ("CHLD", libc::SIGCHLD),
+    ("CLD", libc::SIGCHLD),
+    ("CONT", libc::SIGCONT),
+    ("FPE", libc::SIGFPE),
+    ("HUP", libc::SIGHUP),
+    ("ILL", libc::SIGILL),
+    ("INT", libc::SIGINT),
+    ("IO", libc::SIGIO),
+    ("IOT", libc::SIGIOT),
+    ("KILL", libc::SIGKILL),
+    ("PIPE", libc::SIGPIPE),
+    ("POLL", libc::SIGPOLL),
+    ("PROF", libc::SIGPROF),
+    ("PWR", libc::SIGPWR),
+    ("QUIT", libc::SIGQUIT),
+    ("SEGV", libc::SIGSEGV),
+    ("STKFLT", libc::SIGSTKFLT),
+    ("STOP", libc::SIGSTOP),
+    ("SYS", libc::SIGSYS),
+    ("TERM", libc::SIGTERM),
+    ("TRAP", libc::SIGTRAP),
+    ("TSTP", libc::SIGTSTP),
+    ("TTIN", libc::SIGTTIN),
+    ("TTOU", libc::SIGTTOU),
+    ("URG", libc::SIGURG),
+    ("USR1", libc::SIGUSR1),
+    ("USR2", libc::SIGUSR2),
+    ("VTALRM", libc::SIGVTALRM),
+    ("WINCH", libc::SIGWINCH),
+    ("XCPU", libc::SIGXCPU),
+    ("XFSZ", libc::SIGXFSZ),
+];
+
+/// `SIGTERM`, `TERM`, `15`, `SIGRTMIN+3`, `RTMAX-1` → the signal number.
 pub fn parse_signal(s: &str) -> Option<i32> {
     let s = s.trim();
     if s.is_empty() {
@@ -550,18 +589,98 @@ pub fn parse_signal(s: &str) -> Option<i32> {
     }
     let name = s.to_uppercase();
     let name = name.strip_prefix("SIG").unwrap_or(&name);
-    let sig = match name {
-        "HUP" => libc::SIGHUP,
-        "INT" => libc::SIGINT,
-        "QUIT" => libc::SIGQUIT,
-        "KILL" => libc::SIGKILL,
-        "USR1" => libc::SIGUSR1,
-        "USR2" => libc::SIGUSR2,
-        "TERM" => libc::SIGTERM,
-        "STOP" => libc::SIGSTOP,
-        "WINCH" => libc::SIGWINCH,
-        "PWR" => libc::SIGPWR,
-        _ => return None,
+    let (rtmin, rtmax) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+    let realtime = |n: Option<i32>| n.filter(|n| (rtmin..=rtmax).contains(n));
+    if let Some(rest) = name.strip_prefix("RTMIN") {
+        let plus = if rest.is_empty() {
+            Some(0)
+        } else {
+            rest.strip_prefix('+')?.parse().ok()
+        };
+        return realtime(plus.map(|p: i32| rtmin + p));
+    }
+    if let Some(rest) = name.strip_prefix("RTMAX") {
+        let minus = if rest.is_empty() {
+            Some(0)
+        } else {
+            rest.strip_prefix('-')?.parse().ok()
+        };
+        return realtime(minus.map(|m: i32| rtmax - m));
+    }
+    SIGNALS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, sig)| *sig)
+}
+
+/// The CRI's stop signal (Kubernetes 1.33+, KEP-4960) as the name berth keeps, e.g.
+/// `SIGQUIT` or `SIGRTMIN+1`; `None` for RUNTIME_DEFAULT (the image's, else SIGTERM).
+pub fn stop_signal_from_cri(value: i32) -> CriResult<Option<String>> {
+    let signal = cri::Signal::try_from(value).map_err(|_| {
+        CriError::InvalidArgument(format!("stop_signal: {value} is not a known signal"))
+    })?;
+    if signal == cri::Signal::RuntimeDefault {
+        return Ok(None);
+    }
+    let name = signal.as_str_name().trim_start_matches("SIGNAL_");
+    let name = name
+        .replace("RTMINPLUS", "RTMIN+")
+        .replace("RTMAXMINUS", "RTMAX-");
+    Ok(Some(name))
+}
+
+/// The signal StopContainer sends, as the CRI's Signal enum for ContainerStatus.
+pub fn stop_signal_to_cri(name: &str) -> i32 {
+    let Some(number) = parse_signal(name) else {
+        return cri::Signal::Sigterm as i32;
     };
-    Some(sig)
+    let (rtmin, rtmax) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+    let spelled = if number == rtmin {
+        "SIGRTMIN".to_string()
+    } else if number == rtmax {
+        "SIGRTMAX".to_string()
+    } else if (rtmin..rtmax).contains(&number) && number - rtmin <= 15 {
+        format!("SIGRTMINPLUS{}", number - rtmin)
+    } else if (rtmin..rtmax).contains(&number) {
+        format!("SIGRTMAXMINUS{}", rtmax - number)
+    } else {
+        match SIGNALS.iter().find(|(_, n)| *n == number) {
+            Some((name, _)) => format!("SIG{name}"),
+            None => return cri::Signal::Sigterm as i32,
+        }
+    };
+    cri::Signal::from_str_name(&format!("SIGNAL_{spelled}"))
+        .map_or(cri::Signal::Sigterm as i32, |s| s as i32)
+}
+
+#[cfg(test)]
+mod signal_tests {
+    use super::*;
+
+    #[test]
+    fn signal_names_numbers_and_the_cri_enum_agree() {
+        assert_eq!(parse_signal("SIGQUIT"), Some(libc::SIGQUIT));
+        assert_eq!(parse_signal("term"), Some(libc::SIGTERM));
+        assert_eq!(parse_signal("9"), Some(9));
+        assert_eq!(parse_signal("SIGRTMIN+3"), Some(libc::SIGRTMIN() + 3));
+        assert_eq!(parse_signal("RTMAX-1"), Some(libc::SIGRTMAX() - 1));
+        assert_eq!(parse_signal("SIGNOPE"), None);
+        assert_eq!(parse_signal("SIGRTMIN+99"), None);
+        assert_eq!(stop_signal_from_cri(0).unwrap(), None);
+        for (cri_signal, name) in [
+            (cri::Signal::Sigquit, "SIGQUIT"),
+            (cri::Signal::Sigrtminplus1, "SIGRTMIN+1"),
+            (cri::Signal::Sigrtmaxminus2, "SIGRTMAX-2"),
+        ] {
+            let kept = stop_signal_from_cri(cri_signal as i32).unwrap().unwrap();
+            assert_eq!(kept, name);
+            assert!(parse_signal(&kept).is_some(), "{kept}");
+            assert_eq!(stop_signal_to_cri(&kept), cri_signal as i32, "{kept}");
+        }
+        assert!(matches!(
+            stop_signal_from_cri(1000),
+            Err(CriError::InvalidArgument(m)) if m.contains("stop_signal")
+        ));
+        assert_eq!(stop_signal_to_cri(""), cri::Signal::Sigterm as i32);
+    }
 }

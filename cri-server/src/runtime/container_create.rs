@@ -104,6 +104,18 @@ pub async fn create_container(
         facts.layers = vec![svc.containers.empty_layer()];
     }
 
+    // The request's stop signal (KEP-4960), else the image's; a name StopContainer could
+    // not send is refused before anything is made.
+    let stop_signal = match crate::containers::stop_signal_from_cri(cfg.stop_signal)? {
+        Some(name) => name,
+        None => facts.stop_signal.clone(),
+    };
+    if !stop_signal.is_empty() && crate::containers::parse_signal(&stop_signal).is_none() {
+        return Err(invalid(&format!(
+            "the image's StopSignal {stop_signal:?} is not a signal"
+        )));
+    }
+
     let id = Containers::new_id();
     let p = &pod.record.spec;
     let reserved_name = format!(
@@ -206,7 +218,7 @@ pub async fn create_container(
                 propagation: m.propagation,
             })
             .collect(),
-        stop_signal: facts.stop_signal,
+        stop_signal,
         uid: built.user.uid,
         gid: built.user.gid,
         additional_gids: built.user.additional_gids,

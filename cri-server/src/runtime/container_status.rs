@@ -109,6 +109,7 @@ pub fn status_of(
                     .collect(),
             }),
         }),
+        stop_signal: crate::containers::stop_signal_to_cri(&rec.stop_signal),
         ..Default::default()
     };
     match state {
