@@ -251,15 +251,11 @@ impl Containers {
         self.lookup(id).ok().flatten()
     }
 
-    /// A container to stop or remove. Both are idempotent, so a full container id berth
-    /// does not know (any more) is `None`; an unknown prefix is NotFound, since it names
-    /// nothing that could have been removed.
+    /// A container to stop or remove. Both are idempotent, so an id berth does not know
+    /// (any more) is `None`, whatever its form (critest's idempotence specs send UUIDs); a
+    /// prefix of several containers is InvalidArgument.
     pub fn get_for_removal(&self, id: &str) -> CriResult<Option<Arc<ContainerRecord>>> {
-        match self.lookup(id)? {
-            Some(rec) => Ok(Some(rec)),
-            None if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(None),
-            None => Err(CriError::NotFound(format!("container {id:?} not found"))),
-        }
+        self.lookup(id)
     }
 
     fn lookup(&self, id: &str) -> CriResult<Option<Arc<ContainerRecord>>> {

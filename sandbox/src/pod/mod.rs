@@ -441,9 +441,9 @@ impl PodManager {
         Ok(self.view(rec))
     }
 
-    /// A pod to stop or remove. Stop and Remove are idempotent, so a full pod id berth
-    /// does not know (any more) is `None`; an unknown prefix is NotFound, since it names
-    /// nothing that could have been removed.
+    /// A pod to stop or remove. Stop and Remove are idempotent, so an id berth does not
+    /// know (any more) is `None`, whatever its form (critest's idempotence specs send
+    /// UUIDs); a prefix of several pods is InvalidArgument.
     pub fn status_for_removal(&self, id: &str) -> Result<Option<PodView>, PodError> {
         Ok(self
             .get_for_removal(id)?
@@ -451,11 +451,7 @@ impl PodManager {
     }
 
     fn get_for_removal(&self, id: &str) -> Result<Option<Arc<Mutex<PodRecord>>>, PodError> {
-        match self.get(id)? {
-            Some(pod) => Ok(Some(pod)),
-            None if is_full_id(id) => Ok(None),
-            None => Err(PodError::NotFound(id.to_string())),
-        }
+        self.get(id)
     }
 
     /// Every pod, in id order.
@@ -747,11 +743,6 @@ fn log_failure<E: std::fmt::Display>(what: &str, r: Result<(), E>) {
     if let Err(e) = r {
         tracing::warn!(error = %e, "{what} failed while cleaning up");
     }
-}
-
-/// Whether `id` has the form of a whole pod id (64 hex digits), not a prefix.
-fn is_full_id(id: &str) -> bool {
-    id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// 64 hex characters from the kernel's random pool.
