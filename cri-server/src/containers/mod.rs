@@ -251,14 +251,10 @@ impl Containers {
         self.lookup(id).ok().flatten()
     }
 
-    /// A container to stop or remove. Both are idempotent, so an id berth does not know
-    /// (any more) is `None`, whatever its form (critest's idempotence specs send UUIDs); a
-    /// prefix of several containers is InvalidArgument.
-    pub fn get_for_removal(&self, id: &str) -> CriResult<Option<Arc<ContainerRecord>>> {
-        self.lookup(id)
-    }
-
-    fn lookup(&self, id: &str) -> CriResult<Option<Arc<ContainerRecord>>> {
+    /// A container by id or unique id prefix, `None` when berth does not know it: what
+    /// Stop and Remove act on, idempotent whatever the id's form (critest's idempotence
+    /// specs send UUIDs); a prefix of several containers is InvalidArgument.
+    pub fn lookup(&self, id: &str) -> CriResult<Option<Arc<ContainerRecord>>> {
         if id.is_empty() {
             return Ok(None);
         }

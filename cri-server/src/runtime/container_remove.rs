@@ -10,7 +10,7 @@ pub async fn remove_container(
     svc: &CriService,
     req: RemoveContainerRequest,
 ) -> CriResult<RemoveContainerResponse> {
-    if let Some(rec) = svc.containers.get_for_removal(&req.container_id)? {
+    if let Some(rec) = svc.containers.lookup(&req.container_id)? {
         svc.containers.remove(&rec).await?;
     }
     Ok(RemoveContainerResponse {})

@@ -12,7 +12,7 @@ pub async fn stop_container(
     svc: &CriService,
     req: StopContainerRequest,
 ) -> CriResult<StopContainerResponse> {
-    let Some(rec) = svc.containers.get_for_removal(&req.container_id)? else {
+    let Some(rec) = svc.containers.lookup(&req.container_id)? else {
         return Ok(StopContainerResponse {});
     };
     let timeout = Duration::from_secs(req.timeout.max(0) as u64);

@@ -11,7 +11,7 @@ pub async fn remove_pod_sandbox(
     svc: &CriService,
     req: RemovePodSandboxRequest,
 ) -> CriResult<RemovePodSandboxResponse> {
-    let Some(pod) = svc.pods.status_for_removal(&req.pod_sandbox_id)? else {
+    let Some(pod) = svc.pods.find(&req.pod_sandbox_id)? else {
         return Ok(RemovePodSandboxResponse {});
     };
     let id = pod.record.id;

@@ -16,20 +16,7 @@ pub async fn run_pod_sandbox(
     req: RunPodSandboxRequest,
 ) -> CriResult<RunPodSandboxResponse> {
     let spec = pod_spec(req)?;
-    let in_use = svc
-        .pods
-        .list()
-        .iter()
-        .map(|p| {
-            metadata::metadata_size(
-                p.record
-                    .spec
-                    .labels
-                    .iter()
-                    .chain(&p.record.spec.annotations),
-            )
-        })
-        .sum();
+    let in_use = svc.pods.metadata_bytes();
     let adding = metadata::metadata_size(spec.labels.iter().chain(&spec.annotations));
     metadata::check_node_budget("pods", in_use, adding)?;
     let pods = svc.pods.clone();

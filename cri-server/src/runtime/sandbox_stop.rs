@@ -19,7 +19,7 @@ pub async fn stop_pod_sandbox(
 /// and the network teardown spends most of its time waiting on the kernel (deleting the
 /// pod's veth waits for an RCU barrier), so the containers die meanwhile.
 pub(crate) async fn stop_pod(svc: &CriService, pod_id: &str) -> CriResult<()> {
-    let Some(pod) = svc.pods.status_for_removal(pod_id)? else {
+    let Some(pod) = svc.pods.find(pod_id)? else {
         return Ok(());
     };
     let id = pod.record.id;

@@ -348,7 +348,7 @@ impl PodManager {
     /// Stops a pod: kills its init (and so every process in its PID namespace) and
     /// detaches it from the network. Idempotent; an unknown pod is not an error.
     pub fn stop(&self, id: &str) -> Result<(), PodError> {
-        let Some(pod) = self.get_for_removal(id)? else {
+        let Some(pod) = self.get(id)? else {
             return Ok(());
         };
         let mut rec = pod.lock().expect("pod record");
@@ -401,7 +401,7 @@ impl PodManager {
     /// Removes a pod and everything it holds, stopping it first if needed. Idempotent;
     /// an unknown pod is not an error.
     pub fn remove(&self, id: &str) -> Result<(), PodError> {
-        let Some(pod) = self.get_for_removal(id)? else {
+        let Some(pod) = self.get(id)? else {
             return Ok(());
         };
         let mut rec = pod.lock().expect("pod record");
@@ -434,24 +434,17 @@ impl PodManager {
 
     /// One pod, by id or unique id prefix; NotFound if berth does not know it.
     pub fn status(&self, id: &str) -> Result<PodView, PodError> {
-        let pod = self
-            .get(id)?
-            .ok_or_else(|| PodError::NotFound(id.to_string()))?;
-        let rec = pod.lock().expect("pod record").clone();
-        Ok(self.view(rec))
+        self.find(id)?
+            .ok_or_else(|| PodError::NotFound(id.to_string()))
     }
 
-    /// A pod to stop or remove. Stop and Remove are idempotent, so an id berth does not
-    /// know (any more) is `None`, whatever its form (critest's idempotence specs send
+    /// A pod by id or unique id prefix, `None` when berth does not know it: what Stop and
+    /// Remove act on, idempotent whatever the id's form (critest's idempotence specs send
     /// UUIDs); a prefix of several pods is InvalidArgument.
-    pub fn status_for_removal(&self, id: &str) -> Result<Option<PodView>, PodError> {
+    pub fn find(&self, id: &str) -> Result<Option<PodView>, PodError> {
         Ok(self
-            .get_for_removal(id)?
+            .get(id)?
             .map(|pod| self.view(pod.lock().expect("pod record").clone())))
-    }
-
-    fn get_for_removal(&self, id: &str) -> Result<Option<Arc<Mutex<PodRecord>>>, PodError> {
-        self.get(id)
     }
 
     /// Every pod, in id order.
@@ -469,6 +462,29 @@ impl PodManager {
                 self.view(rec)
             })
             .collect()
+    }
+
+    /// Bytes of every pod's labels and annotations, keys and values, from the records
+    /// alone (no view: that would probe each pod's namespaces and init).
+    pub fn metadata_bytes(&self) -> usize {
+        let pods: Vec<_> = self
+            .pods
+            .lock()
+            .expect("pod table")
+            .values()
+            .cloned()
+            .collect();
+        pods.iter()
+            .map(|p| {
+                let rec = p.lock().expect("pod record");
+                let spec = &rec.spec;
+                spec.labels
+                    .iter()
+                    .chain(&spec.annotations)
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>()
+            })
+            .sum()
     }
 
     /// The raw JSON of a pod's CNI result, if it is attached.
