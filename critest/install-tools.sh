@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs cri-tools v1.34.0 (crictl, critest) and the ginkgo v2 CLI that cri-tools' go.mod
+# Installs cri-tools v1.37.0 (crictl, critest) and the ginkgo v2 CLI that cri-tools' go.mod
 # pins, all built from the Go module proxy, into /usr/local/bin. Idempotent: a tool that
 # already reports the right version is left alone.
 #
@@ -7,7 +7,7 @@
 #   critest/install-tools.sh --force    # rebuild all three
 set -euo pipefail
 
-CRI_TOOLS_VERSION=1.34.0
+CRI_TOOLS_VERSION=1.37.0
 BIN_DIR=${BIN_DIR:-/usr/local/bin}
 FORCE=0
 [[ ${1:-} == --force ]] && FORCE=1

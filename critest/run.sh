@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the CRI conformance suite (cri-tools critest v1.34.0) against berth or, for
-# comparison, against Debian's containerd 1.6.20 + runc, on this machine.
+# Runs the CRI conformance suite (cri-tools critest v1.37.0) against berth or, for
+# comparison, against containerd 2.4.2 + runc 1.5.2 (built from the Go module proxy by
+# critest/install-containerd.sh), on this machine.
 #
 #   critest/run.sh [--runtime berth|containerd] [--berth-bin PATH] [--focus RE]
 #                  [--parallel N] [--no-results]
@@ -20,7 +21,8 @@
 # Skipped on purpose (and named in RESULTS.md): 'public image with digest' (needs an
 # upstream manifest-list digest no local registry can serve). AppArmor and SELinux specs
 # skip themselves on this host; feature-gated specs skip when the runtime does not
-# advertise the feature.
+# advertise the feature; the NRI specs skip unless -nri-socket is given (containerd only:
+# berth has no NRI).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -41,7 +43,7 @@ while (($#)); do
     --focus) FOCUS=$2; shift 2 ;;
     --parallel) PARALLEL=$2; shift 2 ;;
     --no-results) RESULTS=0; shift ;;
-    -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -65,6 +67,8 @@ ct_runtime_start "$RUNTIME" "$BERTH_BIN"
 args=(-runtime-endpoint "$CT_ENDPOINT" -image-endpoint "$CT_ENDPOINT"
     -ginkgo.no-color -ginkgo.json-report="$full_report" -ginkgo.skip="$SKIP_RE")
 [[ -n $FOCUS ]] && args+=(-ginkgo.focus="$FOCUS")
+# critest's NRI specs run only with -nri-socket: given when the runtime serves NRI plugins.
+[[ -n $CT_NRI_SOCKET ]] && args+=(-nri-socket="$CT_NRI_SOCKET")
 ((PARALLEL > 1)) && args+=(-parallel="$PARALLEL")
 
 ct_log "critest ${args[*]}"
