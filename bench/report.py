@@ -19,6 +19,12 @@ import results  # noqa: E402  (critest/results.py: report parsing)
 
 RUNTIMES = ("berth", "containerd")
 
+
+def label(rt, meta):
+    """The column name: berth, or containerd with the minor version that ran ("containerd 2.4")."""
+    m = re.match(r"v?(\d+)\.(\d+)", (meta or {}).get("RuntimeVersion", ""))
+    return f"{rt} {m.group(1)}.{m.group(2)}" if rt != "berth" and m else rt
+
 SPEC_IMAGE = "benchmark about basic operations on Image"
 SPEC_LIST = "benchmark about listing Image"
 SPEC_POD = "benchmark about lifecycle of PodSandbox"
@@ -176,25 +182,26 @@ def fmt(v):
 def main():
     vals = {rt: metric_values(rt) for rt in RUNTIMES}
     metas = {rt: read_meta(os.path.join(HERE, "results", rt)) for rt in RUNTIMES}
-    lines = ["# Benchmarks: berth vs containerd (critest v1.34.0 -benchmark)", ""]
+    names = {rt: label(rt, metas[rt]) for rt in RUNTIMES}
+    lines = [f"# Benchmarks: berth vs {names['containerd']} (critest v{results.CRITEST_VERSION} -benchmark)", ""]
     any_meta = next((m for m in metas.values() if m), {})
     lines.append(f"- Machine: {any_meta.get('nproc', '?')} CPUs, kernel {any_meta.get('kernel', '?')}, "
                  "Debian 12, cgroup v1, overlayfs; loopback registry 127.0.0.1:5000 (stand-in images).")
     for rt in RUNTIMES:
         m = metas[rt]
         if vals[rt] is None:
-            lines.append(f"- {rt}: not run yet (`bench/run.sh --runtimes {rt}`)")
+            lines.append(f"- {names[rt]}: not run yet (`bench/run.sh --runtimes {rt}`)")
             continue
         version = " ".join(x for x in (m.get("RuntimeName"), m.get("RuntimeVersion")) if x)
         load = f", load average before the run {m['loadavg']}" if m.get("loadavg") else ""
-        lines.append(f"- {rt}: run {m.get('date', '?')}" + (f" ({version})" if version else "") + load)
+        lines.append(f"- {names[rt]}: run {m.get('date', '?')}" + (f" ({version})" if version else "") + load)
     lines.append("- Command: `bench/run.sh` (both runtimes, one after the other), which runs per runtime:")
     lines.append("")
     lines.append("```")
     for rt in RUNTIMES:
         path = os.path.join(HERE, "results", rt, "command.txt")
         if os.path.exists(path):
-            lines.append(f"# {rt}")
+            lines.append(f"# {names[rt]}")
             lines.append(open(path).read().strip())
     lines.append("```")
     lines.append("")
@@ -207,7 +214,7 @@ def main():
                  "includes critest's ImageStatus check. This is a 2-core VM shared with other work: "
                  "treat the numbers as rough.")
     lines.append("")
-    lines.append("| metric | berth | containerd | berth/containerd |")
+    lines.append(f"| metric | berth | {names['containerd']} | berth/{names['containerd']} |")
     lines.append("|---|---|---|---|")
     for name, *_ in METRICS:
         b = (vals["berth"] or {}).get(name, "n/a (not run)")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The benchmark command: critest v1.34.0 -benchmark (bench/params.yaml) against berth and
-# against Debian's containerd 1.6.20 + runc, one after the other on this machine, then
-# bench/RESULTS.md (medians per CRI operation, berth next to containerd).
+# The benchmark command: critest v1.37.0 -benchmark (bench/params.yaml) against berth and
+# against containerd 2.4.2 + runc 1.5.2 (critest/install-containerd.sh), one after the other
+# on this machine, then bench/RESULTS.md (medians per CRI operation, berth next to
+# containerd 2.4).
 #
 #   bench/run.sh [--berth-bin PATH] [--runtimes "berth containerd"]
 #
@@ -25,7 +26,7 @@ while (($#)); do
     case $1 in
     --berth-bin) BERTH_BIN=$(realpath "$2"); shift 2 ;;
     --runtimes) RUNTIMES=$2; shift 2 ;;
-    -h | --help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "bench/run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done

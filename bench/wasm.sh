@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Wasm and monitor benchmarks: berth (Wasm containers, and its per-container monitor) beside
-# Debian's containerd 1.6.20 + runc running the native busybox equivalents, one after the
-# other on this machine; then the "Wasm and monitor" section of bench/RESULTS.md.
+# containerd 2.4.2 + runc 1.5.2 (critest/install-containerd.sh) running the native busybox
+# equivalents, one after the other on this machine; then the "Wasm and monitor" section of
+# bench/RESULTS.md.
 #
 #   bench/wasm.sh [--berth-bin PATH] [--runtimes "berth containerd"] [--runs 20]
 #                 [--mem-containers 10] [--scale 1000] [--scale-seconds 600]
@@ -34,7 +35,7 @@ while (($#)); do
     --berth-bin) BERTH_BIN=$(realpath "$2"); shift 2 ;;
     --runtimes) RUNTIMES=$2; shift 2 ;;
     --runs | --mem-containers | --scale | --scale-seconds | --only) PY_ARGS+=("$1" "$2"); shift 2 ;;
-    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "bench/wasm.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done

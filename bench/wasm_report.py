@@ -8,6 +8,7 @@ A metric that was not measured is n/a with the reason, never a number.
 import glob
 import json
 import os
+import re
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -19,6 +20,12 @@ END = "<!-- wasm-bench: end -->"
 def load(rt):
     p = os.path.join(RESULTS, rt + ".json")
     return json.load(open(p)) if os.path.exists(p) else None
+
+
+def label(rt, d):
+    """The column name: berth, or containerd with the minor version that ran ("containerd 2.4")."""
+    m = re.match(r"v?(\d+)\.(\d+)", (d or {}).get("version", ""))
+    return f"{rt} {m.group(1)}.{m.group(2)}" if rt != "berth" and m else rt
 
 
 def get(d, key, field, scale=1.0):
@@ -78,13 +85,15 @@ def runs_table():
 
 def section(b, c):
     lines = [BEGIN, "", "## Wasm and monitor (bench/wasm.sh)", ""]
-    for name, d in (("berth", b), ("containerd", c)):
+    cname = label("containerd", c)
+    for rt, d in (("berth", b), ("containerd", c)):
+        name = label(rt, d)
         if d is None:
-            lines.append(f"- {name}: not run yet (`bench/wasm.sh --runtimes {name}`)")
+            lines.append(f"- {name}: not run yet (`bench/wasm.sh --runtimes {rt}`)")
         elif d.get("start_failed"):
             lines.append(f"- {name}: the runtime did not start")
         else:
-            lines.append(f"- {name} {d.get('version', '')}: run {d['date']}, nproc {d['nproc']}, kernel "
+            lines.append(f"- {rt} {d.get('version', '')}: run {d['date']}, nproc {d['nproc']}, kernel "
                          f"{d['kernel']}, load average at start {d['loadavg_start']}, at end {d.get('loadavg_end', '?')}")
     lines += ["- Command: `bench/wasm.sh` (both runtimes, one after the other), which runs per runtime:", "", "```"]
     for name, d in (("berth", b), ("containerd", c)):
@@ -108,7 +117,7 @@ def section(b, c):
         "Scale: berth runs `wasm-loop:compat-smart`, containerd busybox `sleep 3600`, in 10 pods; "
         "ListContainers is the median of 20 calls with all containers idle; memory is `free -m` "
         "\"used\" before and after, which also moves with other work on this shared machine.")
-    lines += ["", "| metric | berth | containerd | berth/containerd |", "|---|---|---|---|"]
+    lines += ["", f"| metric | berth | {cname} | berth/{cname} |", "|---|---|---|---|"]
     rows = []
 
     def row(name, bv, cv, digits=2):
@@ -183,7 +192,7 @@ def section(b, c):
         get(b, "scale", "create_s"), get(c, "scale", "create_s"), 1)
     row("1000 idle wasm containers: time to remove them, StopPodSandbox + RemovePodSandbox (s)",
         get(b, "scale", "cleanup_s"), get(c, "scale", "cleanup_s"), 1)
-    for name, s in (("berth", bs), ("containerd", cs)):
+    for name, s in (("berth", bs), (cname, cs)):
         if s:
             why = s.get("stop_reason") or "all created"
             lines.append("")
