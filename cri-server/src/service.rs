@@ -376,16 +376,22 @@ impl RuntimeService for CriService {
 
     async fn list_metric_descriptors(
         &self,
-        _r: Request<cri::ListMetricDescriptorsRequest>,
+        r: Request<cri::ListMetricDescriptorsRequest>,
     ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
-        not_yet("ListMetricDescriptors")
+        respond(
+            "ListMetricDescriptors",
+            runtime::list_metric_descriptors::list_metric_descriptors(r.into_inner()),
+        )
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
-        _r: Request<cri::ListPodSandboxMetricsRequest>,
+        r: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
-        not_yet("ListPodSandboxMetrics")
+        respond(
+            "ListPodSandboxMetrics",
+            runtime::list_pod_sandbox_metrics::list_pod_sandbox_metrics(self, r.into_inner()).await,
+        )
     }
 
     async fn runtime_config(
@@ -450,9 +456,13 @@ impl RuntimeService for CriService {
 
     async fn stream_pod_sandbox_metrics(
         &self,
-        _r: Request<cri::StreamPodSandboxMetricsRequest>,
+        r: Request<cri::StreamPodSandboxMetricsRequest>,
     ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
-        not_yet("StreamPodSandboxMetrics")
+        respond(
+            "StreamPodSandboxMetrics",
+            runtime::stream_pod_sandbox_metrics::stream_pod_sandbox_metrics(self, r.into_inner())
+                .await,
+        )
     }
 
     async fn checkpoint_pod(
@@ -471,9 +481,16 @@ impl RuntimeService for CriService {
 
     async fn update_pod_sandbox_resources(
         &self,
-        _r: Request<cri::UpdatePodSandboxResourcesRequest>,
+        r: Request<cri::UpdatePodSandboxResourcesRequest>,
     ) -> Result<Response<cri::UpdatePodSandboxResourcesResponse>, Status> {
-        not_yet("UpdatePodSandboxResources")
+        respond(
+            "UpdatePodSandboxResources",
+            runtime::update_pod_sandbox_resources::update_pod_sandbox_resources(
+                self,
+                r.into_inner(),
+            )
+            .await,
+        )
     }
 }
 

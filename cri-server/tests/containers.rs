@@ -6,22 +6,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{BUSYBOX, pod_config, pull, remove_pod, wait_exited};
+use common::{BUSYBOX, pod_config, pull, remove_pod, run_pod, wait_exited};
 use cri_api::v1 as cri;
 use tonic::transport::Channel;
 
 type Runtime = cri::runtime_service_client::RuntimeServiceClient<Channel>;
-
-async fn run_pod(rt: &mut Runtime, cfg: &cri::PodSandboxConfig) -> String {
-    rt.run_pod_sandbox(cri::RunPodSandboxRequest {
-        config: Some(cfg.clone()),
-        runtime_handler: String::new(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .pod_sandbox_id
-}
 
 async fn create(
     rt: &mut Runtime,

@@ -63,6 +63,7 @@ impl Fixture {
 
     fn spec(&self, args: &[&str]) -> ContainerSpec {
         ContainerSpec {
+            image_volumes: Vec::new(),
             rootfs: Rootfs {
                 lower: vec![self.path("layer")],
                 upper: self.path("upper"),

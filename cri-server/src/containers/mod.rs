@@ -5,6 +5,8 @@
 //! State is never stored here: created/running/exited is read from the facts the monitor
 //! writes in each container's state dir, so a restarted daemon reports the truth.
 
+pub mod image_volumes;
+pub mod metrics;
 pub mod spec;
 pub mod stats;
 pub mod user;

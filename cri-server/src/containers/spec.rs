@@ -490,6 +490,10 @@ pub fn build(
                 m.container_path
             )));
         }
+        // Made by `image_volumes` and mounted after the host paths.
+        if super::image_volumes::is_image_volume(m) {
+            continue;
+        }
         if m.host_path.is_empty() {
             return Err(invalid(format!(
                 "mount at {:?} has no host path",
@@ -541,6 +545,7 @@ pub fn build(
 
     let res = linux.and_then(|l| l.resources.as_ref());
     let spec = ContainerSpec {
+        image_volumes: Vec::new(),
         rootfs: Rootfs {
             lower: image.layers.clone(),
             upper: dirs.upper.clone(),

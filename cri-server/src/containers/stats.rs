@@ -1,5 +1,6 @@
-//! Container and pod statistics from the cgroups (CPU, memory) and the writable layer's
-//! disk use, in the CRI's shapes. The kubelet's CRI stats provider reads these.
+//! Container and pod statistics from the cgroups (CPU, memory), the writable layer's disk
+//! use and the pod's network namespace, in the CRI's shapes. The kubelet's CRI stats
+//! provider reads these; `metrics` turns the same samples into cAdvisor's series.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,6 +9,7 @@ use std::sync::Mutex;
 use cri_api::v1 as cri;
 use sandbox::container::cgroup::{Cgroup, CgroupStats, Hierarchy};
 use sandbox::container::{ContainerSpec, state};
+use sandbox::pod::netstats::{self, InterfaceStats};
 
 use super::{ContainerRecord, now_ns};
 
@@ -71,7 +73,7 @@ fn memory(at: i64, s: &CgroupStats) -> cri::MemoryUsage {
 }
 
 /// Bytes and inodes under `dir`, without following symlinks or crossing mounts.
-fn disk_usage(dir: &Path) -> (u64, u64) {
+pub fn disk_usage(dir: &Path) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
     let Ok(root) = std::fs::symlink_metadata(dir) else {
         return (0, 0);
@@ -94,26 +96,53 @@ fn disk_usage(dir: &Path) -> (u64, u64) {
     (bytes, inodes)
 }
 
-/// The stats of one container (blocking: reads cgroup files and walks the writable layer).
-pub fn container_stats(rates: &CpuRates, rec: &ContainerRecord) -> cri::ContainerStats {
+/// One reading of a container: its spec (for the cgroup path, limits and writable
+/// layer), its cgroup's counters and its writable layer's use.
+pub struct Sample {
+    pub at: i64,
+    pub spec: Option<ContainerSpec>,
+    pub cgroup: CgroupStats,
+    /// Bytes and inodes used by the writable layer (when the spec is readable).
+    pub writable: Option<(u64, u64)>,
+}
+
+/// Reads a container's sample (blocking: reads cgroup files and walks the writable layer).
+pub fn sample(rec: &ContainerRecord) -> Sample {
     let at = now_ns();
     let spec: Option<ContainerSpec> = state::read_json(&rec.dir, state::CONFIG).ok().flatten();
-    let cg = spec
+    let cgroup = spec
         .as_ref()
         .and_then(|s| s.cgroup.as_ref())
         .map(|c| cgroup_stats(&c.path))
         .unwrap_or_default();
-    let writable = spec.as_ref().map(|s| {
-        let (bytes, inodes) = disk_usage(&s.rootfs.upper);
-        cri::FilesystemUsage {
+    let writable = spec.as_ref().map(|s| disk_usage(&s.rootfs.upper));
+    Sample {
+        at,
+        spec,
+        cgroup,
+        writable,
+    }
+}
+
+/// The stats of one container (blocking: see `sample`).
+pub fn container_stats(rates: &CpuRates, rec: &ContainerRecord) -> cri::ContainerStats {
+    let Sample {
+        at,
+        spec,
+        cgroup: cg,
+        writable,
+    } = sample(rec);
+    let writable = spec
+        .as_ref()
+        .zip(writable)
+        .map(|(s, (bytes, inodes))| cri::FilesystemUsage {
             timestamp: at,
             fs_id: Some(cri::FilesystemIdentifier {
                 mountpoint: s.rootfs.upper.display().to_string(),
             }),
             used_bytes: Some(cri::UInt64Value { value: bytes }),
             inodes_used: Some(cri::UInt64Value { value: inodes }),
-        }
-    });
+        });
     cri::ContainerStats {
         attributes: Some(cri::ContainerAttributes {
             id: rec.id.clone(),
@@ -131,20 +160,41 @@ pub fn container_stats(rates: &CpuRates, rec: &ContainerRecord) -> cri::Containe
     }
 }
 
-/// Pod-level CPU and memory: the pod's cgroup parent when the kubelet gave one (it holds
-/// all the pod's containers), else the sum of the containers.
-pub fn pod_linux_stats(
-    rates: &CpuRates,
-    pod_id: &str,
-    cgroup_parent: &str,
-    containers: Vec<cri::ContainerStats>,
-) -> cri::LinuxPodSandboxStats {
-    let at = now_ns();
-    let total = if !cgroup_parent.is_empty() {
+/// The pod's interfaces in the CRI's shape; eth0 (the CNI interface) is the default.
+pub fn network_usage(at: i64, interfaces: &[InterfaceStats]) -> cri::NetworkUsage {
+    let usage = |i: &InterfaceStats| cri::NetworkInterfaceUsage {
+        name: i.name.clone(),
+        rx_bytes: Some(cri::UInt64Value { value: i.rx_bytes }),
+        rx_errors: Some(cri::UInt64Value { value: i.rx_errors }),
+        tx_bytes: Some(cri::UInt64Value { value: i.tx_bytes }),
+        tx_errors: Some(cri::UInt64Value { value: i.tx_errors }),
+    };
+    let default = interfaces
+        .iter()
+        .find(|i| i.name == sandbox::pod::POD_IFNAME)
+        .or(interfaces.first());
+    cri::NetworkUsage {
+        timestamp: at,
+        default_interface: default.map(usage),
+        interfaces: interfaces.iter().map(usage).collect(),
+    }
+}
+
+/// The interfaces of the pod's own network namespace; none for host-network pods.
+pub fn pod_interfaces(netns: Option<&Path>) -> Vec<InterfaceStats> {
+    netns
+        .and_then(|ns| netstats::read(ns).ok())
+        .unwrap_or_default()
+}
+
+/// The pod's cgroup: the kubelet's cgroup parent when it gave one (it holds all the
+/// pod's containers), else the sum of the containers.
+pub fn pod_cgroup_stats(cgroup_parent: &str, containers: &[cri::ContainerStats]) -> CgroupStats {
+    if !cgroup_parent.is_empty() {
         cgroup_stats(Path::new(cgroup_parent))
     } else {
         let mut t = CgroupStats::default();
-        for c in &containers {
+        for c in containers {
             let v = |o: &Option<cri::UInt64Value>| o.as_ref().map_or(0, |v| v.value);
             if let Some(cpu) = &c.cpu {
                 t.cpu_usage_ns += v(&cpu.usage_core_nano_seconds);
@@ -156,10 +206,24 @@ pub fn pod_linux_stats(
             }
         }
         t
-    };
+    }
+}
+
+/// Pod-level CPU, memory, processes and network, with the containers' stats.
+pub fn pod_linux_stats(
+    rates: &CpuRates,
+    pod_id: &str,
+    cgroup_parent: &str,
+    netns: Option<&Path>,
+    containers: Vec<cri::ContainerStats>,
+) -> cri::LinuxPodSandboxStats {
+    let at = now_ns();
+    let total = pod_cgroup_stats(cgroup_parent, &containers);
+    let interfaces = pod_interfaces(netns);
     cri::LinuxPodSandboxStats {
         cpu: Some(cpu(rates, &format!("pod/{pod_id}"), at, &total)),
         memory: Some(memory(at, &total)),
+        network: netns.map(|_| network_usage(at, &interfaces)),
         process: Some(cri::ProcessUsage {
             timestamp: at,
             process_count: Some(cri::UInt64Value { value: total.pids }),

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use image_store::LayerFormat;
 
 use crate::containers::spec::{self, ContainerDirs, ImageFacts};
-use crate::containers::wasm;
 use crate::containers::{ContainerRecord, Containers, MountRecord};
+use crate::containers::{image_volumes, wasm};
 use crate::error::{CriError, CriResult, blocking};
 use crate::metadata;
 use crate::service::CriService;
@@ -64,7 +64,7 @@ pub async fn create_container(
             layers.push(svc.images.layer_dir(chain)?);
         }
     }
-    let chain_ids: Vec<String> = image
+    let mut chain_ids: Vec<String> = image
         .layers
         .iter()
         .filter_map(|l| l.chain_id.clone())
@@ -116,6 +116,8 @@ pub async fn create_container(
         )));
     }
 
+    let (image_volumes, image_volume_layers) = image_volumes::resolve(svc, &cfg.mounts)?;
+
     let id = Containers::new_id();
     let p = &pod.record.spec;
     let reserved_name = format!(
@@ -142,8 +144,13 @@ pub async fn create_container(
         },
         target_pid_ns,
     )?;
+    built.spec.image_volumes = image_volumes;
     // Like containerd: a host path that does not exist yet becomes a directory.
-    for m in &cfg.mounts {
+    for m in cfg
+        .mounts
+        .iter()
+        .filter(|m| !image_volumes::is_image_volume(m))
+    {
         if std::fs::symlink_metadata(&m.host_path).is_err() {
             std::fs::create_dir_all(&m.host_path).map_err(|e| {
                 CriError::InvalidArgument(format!("creating host path {:?}: {e}", m.host_path))
@@ -151,6 +158,7 @@ pub async fn create_container(
         }
     }
 
+    chain_ids.extend(image_volume_layers);
     if let Some(plan) = &wasm_plan {
         let containers = svc.containers.clone();
         let module = plan.module_on_host.clone();

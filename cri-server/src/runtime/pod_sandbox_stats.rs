@@ -1,5 +1,5 @@
-//! PodSandboxStats and ListPodSandboxStats: pod-level CPU, memory and process counts with
-//! the stats of each of the pod's containers.
+//! PodSandboxStats and ListPodSandboxStats: pod-level CPU, memory, process counts and
+//! network with the stats of each of the pod's containers.
 
 use cri_api::v1 as cri;
 use sandbox::pod::PodView;
@@ -33,6 +33,7 @@ fn pod_stats(svc: &CriService, pod: &PodView) -> cri::PodSandboxStats {
             rates,
             &pod.record.id,
             &spec.cgroup_parent,
+            pod.netns().as_deref(),
             containers,
         )),
         windows: None,

@@ -361,3 +361,15 @@ pub async fn remove_pod(rt: &mut RuntimeClient, pod_id: &str) {
     .await
     .unwrap();
 }
+
+/// RunPodSandbox with the default handler; returns the pod id.
+pub async fn run_pod(rt: &mut RuntimeClient, cfg: &cri_api::v1::PodSandboxConfig) -> String {
+    rt.run_pod_sandbox(cri_api::v1::RunPodSandboxRequest {
+        config: Some(cfg.clone()),
+        runtime_handler: String::new(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("running pod: {e}"))
+    .into_inner()
+    .pod_sandbox_id
+}

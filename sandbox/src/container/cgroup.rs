@@ -319,26 +319,65 @@ impl Cgroup {
                 .unwrap_or_default()
         };
         let number = |text: String| text.trim().parse::<u64>().unwrap_or(0);
+        let processes = self
+            .dirs
+            .first()
+            .and_then(|(_, d)| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+            .map_or(0, |t| t.lines().count() as u64);
         if self.v2 {
             let cpu = read("", "cpu.stat");
             let memory = read("", "memory.stat");
+            let events = read("", "memory.events");
             let usage = number(read("", "memory.current"));
-            CgroupStats::from_parts(
-                stat_field(&cpu, "usage_usec") * 1000,
-                usage,
-                stat_field(&memory, "inactive_file"),
-                stat_field(&memory, "anon"),
-                number(read("", "pids.current")),
-            )
+            let field = stat_field;
+            CgroupStats {
+                cpu_usage_ns: field(&cpu, "usage_usec") * 1000,
+                cpu_user_ns: field(&cpu, "user_usec") * 1000,
+                cpu_system_ns: field(&cpu, "system_usec") * 1000,
+                cpu_periods: field(&cpu, "nr_periods"),
+                cpu_throttled_periods: field(&cpu, "nr_throttled"),
+                cpu_throttled_ns: field(&cpu, "throttled_usec") * 1000,
+                memory_usage_bytes: usage,
+                memory_working_set_bytes: usage.saturating_sub(field(&memory, "inactive_file")),
+                memory_rss_bytes: field(&memory, "anon"),
+                memory_cache_bytes: field(&memory, "file"),
+                memory_mapped_file_bytes: field(&memory, "file_mapped"),
+                memory_swap_bytes: number(read("", "memory.swap.current")),
+                memory_max_usage_bytes: number(read("", "memory.peak")),
+                memory_failcnt: field(&events, "max"),
+                pgfault: field(&memory, "pgfault"),
+                pgmajfault: field(&memory, "pgmajfault"),
+                oom_kills: field(&events, "oom_kill"),
+                pids: number(read("", "pids.current")),
+                processes,
+            }
         } else {
+            let cpu = read("cpu", "cpu.stat");
             let memory = read("memory", "memory.stat");
-            CgroupStats::from_parts(
-                number(read("cpuacct", "cpuacct.usage")),
-                number(read("memory", "memory.usage_in_bytes")),
-                stat_field(&memory, "total_inactive_file"),
-                stat_field(&memory, "total_rss"),
-                number(read("pids", "pids.current")),
-            )
+            let usage = number(read("memory", "memory.usage_in_bytes"));
+            let field = stat_field;
+            CgroupStats {
+                cpu_usage_ns: number(read("cpuacct", "cpuacct.usage")),
+                cpu_user_ns: number(read("cpuacct", "cpuacct.usage_user")),
+                cpu_system_ns: number(read("cpuacct", "cpuacct.usage_sys")),
+                cpu_periods: field(&cpu, "nr_periods"),
+                cpu_throttled_periods: field(&cpu, "nr_throttled"),
+                cpu_throttled_ns: field(&cpu, "throttled_time"),
+                memory_usage_bytes: usage,
+                memory_working_set_bytes: usage
+                    .saturating_sub(field(&memory, "total_inactive_file")),
+                memory_rss_bytes: field(&memory, "total_rss"),
+                memory_cache_bytes: field(&memory, "total_cache"),
+                memory_mapped_file_bytes: field(&memory, "total_mapped_file"),
+                memory_swap_bytes: field(&memory, "total_swap"),
+                memory_max_usage_bytes: number(read("memory", "memory.max_usage_in_bytes")),
+                memory_failcnt: number(read("memory", "memory.failcnt")),
+                pgfault: field(&memory, "total_pgfault"),
+                pgmajfault: field(&memory, "total_pgmajfault"),
+                oom_kills: field(&read("memory", "memory.oom_control"), "oom_kill"),
+                pids: number(read("pids", "pids.current")),
+                processes,
+            }
         }
     }
 
@@ -379,28 +418,36 @@ impl Cgroup {
     }
 }
 
-/// Resource usage of one cgroup, in the units the CRI reports.
+/// Resource usage of one cgroup: what the CRI stats report and what cAdvisor's metrics
+/// name (`container_cpu_*`, `container_memory_*`, `container_processes`, …).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CgroupStats {
-    /// CPU time used, all CPUs, in nanoseconds.
+    /// CPU time used, all CPUs, in nanoseconds; then its user and system parts.
     pub cpu_usage_ns: u64,
+    pub cpu_user_ns: u64,
+    pub cpu_system_ns: u64,
+    /// CFS enforcement periods, those in which the quota ran out, and the time throttled.
+    pub cpu_periods: u64,
+    pub cpu_throttled_periods: u64,
+    pub cpu_throttled_ns: u64,
     pub memory_usage_bytes: u64,
     /// Usage minus inactive page cache: what the kubelet evicts on.
     pub memory_working_set_bytes: u64,
     pub memory_rss_bytes: u64,
+    pub memory_cache_bytes: u64,
+    pub memory_mapped_file_bytes: u64,
+    pub memory_swap_bytes: u64,
+    pub memory_max_usage_bytes: u64,
+    /// Times the memory limit was hit (v1 `memory.failcnt`, v2 `max` events).
+    pub memory_failcnt: u64,
+    pub pgfault: u64,
+    pub pgmajfault: u64,
+    /// Processes the kernel's OOM killer killed in this cgroup.
+    pub oom_kills: u64,
+    /// Tasks (threads) counted by the pids controller.
     pub pids: u64,
-}
-
-impl CgroupStats {
-    fn from_parts(cpu_ns: u64, usage: u64, inactive_file: u64, rss: u64, pids: u64) -> Self {
-        Self {
-            cpu_usage_ns: cpu_ns,
-            memory_usage_bytes: usage,
-            memory_working_set_bytes: usage.saturating_sub(inactive_file),
-            memory_rss_bytes: rss,
-            pids,
-        }
-    }
+    /// Processes (thread-group leaders) in the cgroup itself.
+    pub processes: u64,
 }
 
 /// The value of `name` in a flat-keyed file such as memory.stat (`name value` lines).
@@ -421,8 +468,6 @@ mod tests {
         assert_eq!(super::stat_field(text, "total_inactive_file"), 4096);
         assert_eq!(super::stat_field(text, "total_rss"), 8192);
         assert_eq!(super::stat_field(text, "inactive_file"), 0);
-        let s = super::CgroupStats::from_parts(5, 10_000, 4096, 8192, 2);
-        assert_eq!(s.memory_working_set_bytes, 10_000 - 4096);
     }
 
     use super::*;

@@ -2,8 +2,9 @@
 //! of the single-threaded monitor, so allocating and using std is safe here. Errors are
 //! plain messages: they cross a process boundary to the caller.
 //!
-//! Order: namespaces and cgroup, bind sources opened on the host, the rootfs overlay,
-//! pivot_root, system mounts, bind mounts, masked and read-only paths, hostname, cwd,
+//! Order: namespaces and cgroup, bind sources opened on the host, image volumes' trees
+//! cloned from their overlays, the rootfs overlay, pivot_root, system mounts, bind mounts
+//! and image volumes, masked and read-only paths, hostname, cwd,
 //! executable lookup, the pod's user namespace, rlimits, bounding set, uid/gid,
 //! capabilities, no_new_privs, seccomp. The fd sweep and execve come last, after the start
 //! gate.
@@ -16,7 +17,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -131,6 +132,7 @@ pub(crate) fn setup_container(
         None::<&str>,
     )
     .context(|| "making / a slave mount".into())?;
+    let image_volumes = open_image_volumes(spec, state_dir)?;
     let rootfs = state_dir.join(super::state::ROOTFS);
     match &userns {
         Some((user, ns)) => {
@@ -149,6 +151,17 @@ pub(crate) fn setup_container(
     mount_system(binds.host_dev, binds.shm)?;
     for (m, fd) in spec.mounts.iter().zip(binds.volumes) {
         attach_bind(m, &fd)?;
+    }
+    for (v, fd) in spec.image_volumes.iter().zip(image_volumes) {
+        let m = BindMount {
+            source: v.sub_path.clone().unwrap_or_else(|| "/".into()),
+            destination: v.destination.clone(),
+            readonly: true,
+            // Read-only already: the clone was made so in `open_image_volumes`.
+            recursive_readonly: true,
+            propagation: Propagation::Private,
+        };
+        attach_bind(&m, &fd)?;
     }
     for path in &spec.masked_paths {
         mask(path)?;
@@ -341,6 +354,68 @@ fn set_tree_attr(fd: &OwnedFd, attr: &MountAttr, recursive: bool) -> io::Result<
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Where image volumes' overlays are mounted while their (sub-)trees are cloned (in the
+/// container's mount namespace only, which no longer propagates to the host).
+const IMAGE_VOLUMES: &str = "image-volumes";
+
+/// Each image volume as a detached, read-only mount: the layers as a lower-only overlay,
+/// then the sub-path resolved inside it (no symlink of the image's leads out) and cloned.
+/// In a pod with a user namespace the files keep their host owners (shown as the
+/// overflow ids); the mount is read-only either way.
+fn open_image_volumes(spec: &ContainerSpec, state_dir: &Path) -> SetupResult<Vec<OwnedFd>> {
+    let staging = state_dir.join(IMAGE_VOLUMES);
+    spec.image_volumes
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let at = staging.join(i.to_string());
+            std::fs::create_dir_all(&at).context(|| format!("creating {at:?}"))?;
+            let lower = v
+                .layers
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(":");
+            mount(
+                Some("overlay"),
+                &at,
+                Some("overlay"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
+                Some(format!("lowerdir={lower}").as_str()),
+            )
+            .context(|| format!("mounting the image of volume {:?}", v.destination))?;
+            let root = File::open(&at).context(|| format!("opening {at:?}"))?;
+            let sub = v.sub_path.as_deref().unwrap_or(Path::new("."));
+            let target = super::in_root::open(root.as_fd(), sub, libc::O_PATH)
+                .context(|| format!("image volume {:?}: sub-path {sub:?}", v.destination))?;
+            let fd = clone_fd_tree(&target)
+                .context(|| format!("cloning image volume {:?}", v.destination))?;
+            let ro = MountAttr {
+                attr_set: libc::MOUNT_ATTR_RDONLY,
+                ..MountAttr::default()
+            };
+            set_tree_attr(&fd, &ro, false)
+                .context(|| format!("making image volume {:?} read-only", v.destination))?;
+            drop((target, root));
+            umount2(&at, MntFlags::MNT_DETACH).context(|| format!("detaching {at:?}"))?;
+            Ok(fd)
+        })
+        .collect()
+}
+
+/// open_tree(OPEN_TREE_CLONE) of what `fd` (an O_PATH fd) names.
+fn clone_fd_tree(fd: &OwnedFd) -> io::Result<OwnedFd> {
+    let empty = c"";
+    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as u32;
+    // SAFETY: a valid fd and empty path with AT_EMPTY_PATH; the result is owned below.
+    let out = unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), empty.as_ptr(), flags) };
+    if out < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: open_tree returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(out as i32) })
 }
 
 fn cpath(p: &Path) -> SetupResult<CString> {

@@ -14,6 +14,7 @@ pub mod caps;
 pub mod cgroup;
 pub(crate) mod child;
 mod exec_sync;
+mod in_root;
 pub mod seccomp;
 pub mod spec;
 pub mod state;

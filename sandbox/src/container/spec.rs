@@ -39,6 +39,24 @@ pub struct ContainerSpec {
     /// process joins it once they are made. `None` runs in the host's.
     #[serde(default)]
     pub user_namespace: Option<UserNamespace>,
+    /// Image volumes (Kubernetes' `image` volume source): mounted read-only after `mounts`.
+    #[serde(default)]
+    pub image_volumes: Vec<ImageVolume>,
+}
+
+/// An image's file system (or a path in it) mounted read-only into the container: the
+/// image's layers as a lower-only overlay, made inside the container's mount namespace so
+/// it goes away with the container and never shows on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageVolume {
+    /// Layer directories, topmost first; at least two (overlayfs without an upper layer
+    /// needs two: an image with one layer gets an empty one below it).
+    pub layers: Vec<PathBuf>,
+    /// A relative path inside the image to mount instead of its root; resolved inside the
+    /// image, so a symlink in it cannot lead out.
+    pub sub_path: Option<PathBuf>,
+    /// Absolute path inside the container.
+    pub destination: PathBuf,
 }
 
 /// A user namespace a container joins.
@@ -233,6 +251,8 @@ pub enum SpecError {
     ArgNul(String),
     #[error("hostname {0:?} is invalid")]
     BadHostname(String),
+    #[error("image volume at {0:?}: {1}")]
+    BadImageVolume(PathBuf, &'static str),
     #[error("recursive read-only mount at {0:?} must also be read-only")]
     RecursiveReadOnlyNotReadOnly(PathBuf),
     #[error(
@@ -300,6 +320,27 @@ impl ContainerSpec {
                 ));
             }
         }
+        for v in &self.image_volumes {
+            container_path("image volume destination", &v.destination)?;
+            let bad = |why| SpecError::BadImageVolume(v.destination.clone(), why);
+            if v.layers.len() < 2 {
+                return Err(bad("an overlay without an upper layer needs two layers"));
+            }
+            for l in &v.layers {
+                host_path("image volume layer", l)?;
+                if l.to_string_lossy().contains([':', ',']) {
+                    return Err(bad("a layer path contains ':' or ','"));
+                }
+            }
+            if let Some(sub) = &v.sub_path
+                && (sub.is_absolute()
+                    || sub
+                        .components()
+                        .any(|c| c == std::path::Component::ParentDir))
+            {
+                return Err(bad("the sub-path must be relative and without '..'"));
+            }
+        }
         for path in self.masked_paths.iter().chain(&self.readonly_paths) {
             container_path("masked or read-only", path)?;
         }
@@ -361,6 +402,7 @@ mod tests {
 
     pub(crate) fn minimal() -> ContainerSpec {
         ContainerSpec {
+            image_volumes: Vec::new(),
             rootfs: Rootfs {
                 lower: vec!["/layers/a".into()],
                 upper: "/c/upper".into(),

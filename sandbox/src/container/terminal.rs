@@ -4,6 +4,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::Path;
 
 /// A new pseudo-terminal on the host's devpts: (master, slave), both close-on-exec.
 pub(crate) fn open() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -42,24 +43,13 @@ pub(crate) fn open() -> io::Result<(OwnedFd, OwnedFd)> {
 pub(crate) fn open_in_container(pid: i32) -> io::Result<(OwnedFd, OwnedFd)> {
     const DEVPTS_SUPER_MAGIC: libc::c_long = 0x1cd1;
     let root = std::fs::File::open(format!("/proc/{pid}/root"))?;
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-    let path = c"dev/pts/ptmx";
-    // SAFETY: openat2 with a valid open_how of the size we pass and a NUL-terminated path;
-    // the other calls take fds we own and buffers of the right size.
+    let master = super::in_root::open(
+        root.as_fd(),
+        Path::new("dev/pts/ptmx"),
+        libc::O_RDWR | libc::O_NOCTTY,
+    )?;
+    // SAFETY: the calls take fds we own and buffers of the right size.
     unsafe {
-        let master = libc::syscall(
-            libc::SYS_openat2,
-            root.as_raw_fd(),
-            path.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        );
-        if master < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let master = OwnedFd::from_raw_fd(master as libc::c_int);
         let mut fs: libc::statfs = std::mem::zeroed();
         if libc::fstatfs(master.as_raw_fd(), &mut fs) != 0 {
             return Err(io::Error::last_os_error());

@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod files;
 pub mod init;
 pub mod namespaces;
+pub mod netstats;
 mod retired_netns;
 mod spec;
 pub mod sysctl;
@@ -116,6 +117,14 @@ pub struct PodView {
     pub record: PodRecord,
     pub ready: bool,
     pub paths: PodPaths,
+}
+
+impl PodView {
+    /// The pinned network namespace of a pod that has its own (not the host's).
+    pub fn netns(&self) -> Option<PathBuf> {
+        (self.record.spec.namespaces.network != NamespaceMode::Node && !self.record.stopped)
+            .then(|| namespaces::pin_path(&self.paths.ns_dir, "net"))
+    }
 }
 
 /// The pod sandbox service.
