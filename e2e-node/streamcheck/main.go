@@ -53,8 +53,8 @@ import (
 	"time"
 
 	gwebsocket "github.com/gorilla/websocket"
-	restclient "k8s.io/client-go/rest"
 	"k8s.io/apimachinery/pkg/util/httpstream"
+	restclient "k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/portforward"
 	"k8s.io/client-go/tools/remotecommand"
 	"k8s.io/client-go/transport/spdy"
