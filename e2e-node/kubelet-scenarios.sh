@@ -30,8 +30,9 @@
 #                      for its container (PodAndContainerStatsFromCRI: from ListPodSandboxStats),
 #                      and a CPU rate (usageNanoCores) above 0 also for a second request made
 #                      right after another
-#   metrics-cadvisor   /metrics/cadvisor has container_* series labelled container/pod/namespace
-#                      (ListMetricDescriptors + ListPodSandboxMetrics)
+#   metrics-cadvisor   /metrics/cadvisor has CPU and memory series labelled container/pod/namespace
+#                      for a native and a Wasm container (ListMetricDescriptors +
+#                      ListPodSandboxMetrics)
 #   static-pod-removal the removed manifest's pod and containers leave `crictl pods`/`ps -a`
 #   kubelet-restart    a restarted kubelet adopts the running pods: same container IDs, same
 #                      restart counts, nothing restarted
@@ -724,22 +725,26 @@ summary_complete() {
 }
 
 scenario_metrics_cadvisor() {
-    local m series missing=() name
+    local m series missing=() name pc
     m=$(kget /metrics/cadvisor)
     if [[ -z $m ]]; then
         result metrics-cadvisor FAIL "empty /metrics/cadvisor"
         return
     fi
-    for name in container_cpu_usage_seconds_total container_memory_working_set_bytes; do
-        series=$(grep -E "^$name\\{" <<<"$m" | grep "container=\"sleeper\"" | grep "namespace=\"$NS\"" | grep "pod=\"native-$NODE\"" | head -1)
-        [[ -n $series ]] || missing+=("$name{container=\"sleeper\",namespace=\"$NS\",pod=\"native-$NODE\"}")
+    # The native container and the Wasm one of the mixed pod.
+    for pc in native/sleeper wasm-mixed/app; do
+        for name in container_cpu_usage_seconds_total container_memory_working_set_bytes; do
+            series=$(grep -E "^$name\\{" <<<"$m" | grep "container=\"${pc#*/}\"" | grep "namespace=\"$NS\"" |
+                grep "pod=\"${pc%/*}-$NODE\"" | head -1)
+            [[ -n $series ]] || missing+=("$name{container=\"${pc#*/}\",namespace=\"$NS\",pod=\"${pc%/*}-$NODE\"}")
+        done
     done
     if ((${#missing[@]})); then
         local families
         families=$(grep -c '^# TYPE' <<<"$m")
         result metrics-cadvisor FAIL "no ${missing[*]} ($families metric families; container_* series: $(grep -c '^container_' <<<"$m")); kubelet log: $(grep -E 'ListMetricDescriptors|ListPodSandboxMetrics' "$CT_LOGS/kubelet.log" | tail -1 | cut -c1-300)"
     else
-        result metrics-cadvisor PASS "$(grep -E '^container_cpu_usage_seconds_total\{' <<<"$m" | grep 'container="sleeper"' | head -1 | cut -c1-250)"
+        result metrics-cadvisor PASS "CPU and memory series for native/sleeper and wasm-mixed/app ($(grep -c '^container_' <<<"$m") container_* series), e.g. $(grep -E '^container_cpu_usage_seconds_total\{' <<<"$m" | grep 'container="app"' | head -1 | cut -c1-300)"
     fi
 }
 
