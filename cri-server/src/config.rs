@@ -21,6 +21,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Reported to the kubelet by RuntimeConfig; the kubelet must use the same.
     pub cgroup_driver: CgroupDriver,
+    /// Where CDI device specs are read, in order; a later directory's spec of the same
+    /// kind wins (CDI's rule: /var/run/cdi, written by drivers, over /etc/cdi).
+    pub cdi_spec_dirs: Vec<PathBuf>,
     pub cni: CniConfig,
     pub registry: RegistryConfig,
     pub streaming: StreamingConfig,
@@ -75,6 +78,7 @@ impl Default for Config {
             root_dir: "/var/lib/berth".into(),
             state_dir: "/run/berth".into(),
             cgroup_driver: CgroupDriver::Cgroupfs,
+            cdi_spec_dirs: vec!["/etc/cdi".into(), "/var/run/cdi".into()],
             cni: CniConfig::default(),
             registry: RegistryConfig::default(),
             streaming: StreamingConfig::default(),

@@ -431,3 +431,111 @@ async fn one_image_has_one_id_everywhere() {
     assert_eq!(c.image_id, pulled);
     remove_pod(&mut rt, &pod_id).await;
 }
+
+/// A CDI spec for a stand-in device (the host's /dev/null as `/dev/fake0`), with env, a
+/// mount, and hooks that leave a trace on the host.
+fn cdi_spec(trace: &std::path::Path) -> String {
+    format!(
+        r#"{{
+  "cdiVersion": "0.6.0",
+  "kind": "berth.test/fake",
+  "containerEdits": {{ "env": ["FAKE_VENDOR=berth"] }},
+  "devices": [{{
+    "name": "dev0",
+    "containerEdits": {{
+      "env": ["FAKE_DEVICE=dev0"],
+      "deviceNodes": [{{ "path": "/dev/fake0", "hostPath": "/dev/null", "permissions": "rw" }}],
+      "mounts": [{{ "hostPath": "{trace}", "containerPath": "/run/fake", "options": ["ro", "bind"] }}],
+      "hooks": [
+        {{ "hookName": "createRuntime", "path": "/bin/sh",
+           "args": ["sh", "-c", "cat > {trace}/created"] }},
+        {{ "hookName": "poststop", "path": "/bin/sh",
+           "args": ["sh", "-c", "touch {trace}/stopped"] }}
+      ]
+    }}
+  }}]
+}}"#,
+        trace = trace.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cdi_devices_bring_their_nodes_env_mounts_and_hooks() {
+    let specs = tempfile::tempdir().unwrap();
+    let trace = tempfile::tempdir().unwrap();
+    std::fs::write(specs.path().join("fake.json"), cdi_spec(trace.path())).unwrap();
+    let d = common::Daemon::start_with_config(&format!(
+        "cdi_spec_dirs = [{:?}]\n{}[registry.hosts.\"127.0.0.1:5000\"]\ninsecure = true\n{}",
+        specs.path(),
+        common::stand_in_registry(),
+        common::cni_config()
+    ));
+    pull(&d, BUSYBOX).await;
+    let logs = tempfile::tempdir().unwrap();
+    let pod = pod_config("cdi", logs.path());
+    let mut rt = d.runtime().await;
+    let pod_id = run_pod(&mut rt, &pod).await;
+    let mut cfg = container("gpu-user", &["sleep", "60"], vec![]);
+    cfg.cdi_devices = vec![cri::CdiDevice {
+        name: "berth.test/fake=dev0".into(),
+    }];
+    // A plain CRI device beside it.
+    cfg.devices = vec![cri::Device {
+        container_path: "/dev/plain-zero".into(),
+        host_path: "/dev/zero".into(),
+        permissions: "r".into(),
+    }];
+    let id = create_and_start(&mut rt, &pod_id, &pod, cfg).await.unwrap();
+    let created = std::fs::read_to_string(trace.path().join("created")).unwrap();
+    assert!(
+        created.contains(&id),
+        "the hook reads the OCI state: {created}"
+    );
+
+    let (code, out) = exec(
+        &mut rt,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "echo $FAKE_VENDOR $FAKE_DEVICE; echo x > /dev/fake0 && echo wrote; \
+             head -c 4 /dev/plain-zero | wc -c; ls /run/fake",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("berth dev0"), "{out}");
+    assert!(out.contains("wrote"), "{out}");
+    assert!(out.contains("4"), "{out}");
+    assert!(
+        out.contains("created"),
+        "the CDI mount shows the host dir: {out}"
+    );
+
+    // Unknown devices are refused by name, before anything is made.
+    let mut bad = container("bad", &["true"], vec![]);
+    bad.cdi_devices = vec![cri::CdiDevice {
+        name: "berth.test/fake=dev9".into(),
+    }];
+    let e = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.clone(),
+            config: Some(bad),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("dev9"), "{e}");
+
+    remove_pod(&mut rt, &pod_id).await;
+    rt.remove_container(cri::RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    assert!(
+        trace.path().join("stopped").exists(),
+        "the poststop hook ran"
+    );
+}

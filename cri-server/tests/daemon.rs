@@ -196,18 +196,6 @@ async fn rpcs_not_done_yet_answer_unimplemented_by_name() {
                 .await
                 .map(|_| ()),
         ),
-        (
-            "UpdatePodSandboxResources",
-            rt.update_pod_sandbox_resources(cri::UpdatePodSandboxResourcesRequest::default())
-                .await
-                .map(|_| ()),
-        ),
-        (
-            "StreamPodSandboxMetrics",
-            rt.stream_pod_sandbox_metrics(cri::StreamPodSandboxMetricsRequest::default())
-                .await
-                .map(|_| ()),
-        ),
     ];
     for (rpc, answer) in answers {
         let e = answer.unwrap_err();

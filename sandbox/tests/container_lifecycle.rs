@@ -64,6 +64,7 @@ impl Fixture {
     fn spec(&self, args: &[&str]) -> ContainerSpec {
         ContainerSpec {
             image_volumes: Vec::new(),
+            devices: Vec::new(),
             rootfs: Rootfs {
                 lower: vec![self.path("layer")],
                 upper: self.path("upper"),

@@ -5,6 +5,7 @@
 //! State is never stored here: created/running/exited is read from the facts the monitor
 //! writes in each container's state dir, so a restarted daemon reports the truth.
 
+pub mod devices;
 pub mod image_volumes;
 pub mod metrics;
 pub mod spec;
@@ -67,6 +68,9 @@ pub struct ContainerRecord {
     /// Security settings asked for but not applied on this host, said aloud.
     #[serde(default)]
     pub not_applied: Vec<String>,
+    /// OCI hooks from CDI specs still to run (poststart, poststop).
+    #[serde(default)]
+    pub hooks: Vec<devices::Hook>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -456,6 +460,20 @@ impl Containers {
         self.cpu_rates.forget(&rec.id);
         self.settled.lock().expect("settled lock").remove(&rec.id);
         self.emit(rec, cri::ContainerEventType::ContainerDeletedEvent);
+        if rec
+            .hooks
+            .iter()
+            .any(|h| h.stage == devices::HookStage::Poststop)
+        {
+            let rec = rec.clone();
+            let state = devices::oci_state(&rec.id, "stopped", 0, &rec.dir, &rec.annotations);
+            let ran = blocking(move || {
+                devices::run_hooks(&rec.hooks, devices::HookStage::Poststop, &state)
+                    .map_err(|e| tracing::warn!(container = %rec.id, "poststop hook: {e}"))
+            })
+            .await;
+            drop(ran);
+        }
         Ok(())
     }
 }

@@ -176,6 +176,19 @@ pub fn merge_env(image_env: &[String], req: &[cri::KeyValue]) -> CriResult<Vec<S
         .collect())
 }
 
+/// Sets each `KEY=value` of `extra` in `env`, replacing an entry of the same key (CDI's
+/// env edits come last and win, as in the OCI spec they edit).
+pub fn override_env(env: &mut Vec<String>, extra: &[String]) {
+    for e in extra {
+        let key = e.split_once('=').map_or(e.as_str(), |(k, _)| k);
+        let same = |x: &String| x.split_once('=').map_or(x.as_str(), |(k, _)| k) == key;
+        match env.iter_mut().find(|x| same(x)) {
+            Some(slot) => slot.clone_from(e),
+            None => env.push(e.clone()),
+        }
+    }
+}
+
 /// One requested variable. Since Kubernetes 1.37 the CRI carries values as bytes; execve
 /// cannot pass a NUL, and berth keeps the environment as text.
 fn env_entry(kv: &cri::KeyValue) -> CriResult<(String, String)> {
@@ -546,6 +559,7 @@ pub fn build(
     let res = linux.and_then(|l| l.resources.as_ref());
     let spec = ContainerSpec {
         image_volumes: Vec::new(),
+        devices: Vec::new(),
         rootfs: Rootfs {
             lower: image.layers.clone(),
             upper: dirs.upper.clone(),

@@ -12,7 +12,7 @@ use image_store::LayerFormat;
 
 use crate::containers::spec::{self, ContainerDirs, ImageFacts};
 use crate::containers::{ContainerRecord, Containers, MountRecord};
-use crate::containers::{image_volumes, wasm};
+use crate::containers::{devices, image_volumes, wasm};
 use crate::error::{CriError, CriResult, blocking};
 use crate::metadata;
 use crate::service::CriService;
@@ -117,6 +117,8 @@ pub async fn create_container(
     }
 
     let (image_volumes, image_volume_layers) = image_volumes::resolve(svc, &cfg.mounts)?;
+    let mut device_nodes = devices::cri_devices(&cfg.devices)?;
+    let cdi = devices::resolve_cdi(&svc.config.cdi_spec_dirs, &cdi_device_names(&cfg))?;
 
     let id = Containers::new_id();
     let p = &pod.record.spec;
@@ -145,6 +147,15 @@ pub async fn create_container(
         target_pid_ns,
     )?;
     built.spec.image_volumes = image_volumes;
+    device_nodes.extend(cdi.devices);
+    built.spec.devices = device_nodes;
+    built.spec.mounts.extend(cdi.mounts);
+    built
+        .spec
+        .process
+        .additional_gids
+        .extend(cdi.additional_gids);
+    spec::override_env(&mut built.spec.process.env, &cdi.env);
     // Like containerd: a host path that does not exist yet becomes a directory.
     for m in cfg
         .mounts
@@ -198,6 +209,12 @@ pub async fn create_container(
             Err(e) => return Err(pod_gone(svc, &pod.record.id).unwrap_or(e.into())),
         };
 
+    if let Err(e) = run_create_hooks(&cdi.hooks, &id, created.pid, &dir, &cfg.annotations).await {
+        let trash = svc.containers.trash.clone();
+        let _ = blocking(move || ctr::remove(&dir, &trash)).await;
+        return Err(e);
+    }
+
     let image_ref = image
         .repo_digests
         .first()
@@ -236,6 +253,7 @@ pub async fn create_container(
         runtime_reason: decision.reason,
         layer_chain_ids: chain_ids,
         not_applied: built.apparmor_not_applied.into_iter().collect(),
+        hooks: cdi.hooks,
     };
     let record = match svc.containers.insert(record) {
         Ok(r) => r,
@@ -287,6 +305,50 @@ fn image_as_named(
         return name.clone();
     }
     requested.to_string()
+}
+
+/// The CDI devices the request names: the `cdi_devices` field, and the older
+/// `cdi.k8s.io/<name>` annotations (comma-separated qualified names) device plugins set.
+fn cdi_device_names(cfg: &cri_api::v1::ContainerConfig) -> Vec<String> {
+    let mut names: Vec<String> = cfg.cdi_devices.iter().map(|d| d.name.clone()).collect();
+    let mut annotated: Vec<_> = cfg
+        .annotations
+        .iter()
+        .filter(|(k, _)| k.starts_with("cdi.k8s.io/"))
+        .collect();
+    annotated.sort();
+    for (_, v) in annotated {
+        names.extend(
+            v.split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(String::from),
+        );
+    }
+    names.dedup();
+    names
+}
+
+/// The CDI createRuntime/prestart hooks, once the container exists (held before execve).
+async fn run_create_hooks(
+    hooks: &[devices::Hook],
+    id: &str,
+    pid: i32,
+    dir: &std::path::Path,
+    annotations: &HashMap<String, String>,
+) -> CriResult<()> {
+    if !hooks
+        .iter()
+        .any(|h| h.stage == devices::HookStage::CreateRuntime)
+    {
+        return Ok(());
+    }
+    let annotations = annotations.clone().into_iter().collect();
+    let state = devices::oci_state(id, "created", pid, dir, &annotations);
+    let hooks = hooks.to_vec();
+    blocking(move || devices::run_hooks(&hooks, devices::HookStage::CreateRuntime, &state))
+        .await?
+        .map_err(|e| CriError::FailedPrecondition(format!("CDI {e}")))
 }
 
 /// FailedPrecondition when the pod stopped (or began stopping) since the create began.

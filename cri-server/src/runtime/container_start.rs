@@ -3,6 +3,7 @@
 use cri_api::v1::{ContainerEventType, StartContainerRequest, StartContainerResponse};
 use sandbox::container::{self as ctr, ContainerState};
 
+use crate::containers::devices::{self, HookStage};
 use crate::error::{CriError, CriResult, blocking};
 use crate::service::CriService;
 
@@ -26,5 +27,19 @@ pub async fn start_container(
     .await??;
     svc.containers
         .emit(&rec, ContainerEventType::ContainerStartedEvent);
+    if rec.hooks.iter().any(|h| h.stage == HookStage::Poststart) {
+        let pid = match svc.containers.state(&rec) {
+            ContainerState::Running { pid, .. } => pid,
+            _ => 0,
+        };
+        let state = devices::oci_state(&rec.id, "running", pid, &rec.dir, &rec.annotations);
+        // OCI: a failing poststart hook is a warning; the container runs on.
+        blocking(move || {
+            if let Err(e) = devices::run_hooks(&rec.hooks, HookStage::Poststart, &state) {
+                tracing::warn!(container = %rec.id, "poststart hook: {e}");
+            }
+        })
+        .await?;
+    }
     Ok(StartContainerResponse {})
 }

@@ -296,16 +296,22 @@ impl Cgroup {
             .and_then(|v| v.trim().parse().ok())
     }
 
-    /// Limits device access to the default set (v1 devices controller). On v2 this needs a
-    /// BPF device program, which berth does not load yet: there it does nothing.
-    pub fn restrict_devices(&self) -> Result<(), CgroupError> {
+    /// Limits device access to the default set plus the container's own devices (v1
+    /// devices controller). On v2 this needs a BPF device program, which berth does not
+    /// load yet: there it does nothing.
+    pub fn restrict_devices(&self, devices: &[super::spec::DeviceNode]) -> Result<(), CgroupError> {
         let Some(dir) = self.dir("devices") else {
             return Ok(());
         };
         let deny = dir.join("devices.deny");
         std::fs::write(&deny, "a").map_err(io_err(&deny))?;
         let allow = dir.join("devices.allow");
-        for rule in DEFAULT_DEVICE_RULES {
+        let extra = devices.iter().map(|d| d.cgroup_rule());
+        for rule in DEFAULT_DEVICE_RULES
+            .iter()
+            .map(|r| r.to_string())
+            .chain(extra)
+        {
             std::fs::write(&allow, rule).map_err(io_err(&allow))?;
         }
         Ok(())

@@ -3,8 +3,8 @@
 //! plain messages: they cross a process boundary to the caller.
 //!
 //! Order: namespaces and cgroup, bind sources opened on the host, image volumes' trees
-//! cloned from their overlays, the rootfs overlay, pivot_root, system mounts, bind mounts
-//! and image volumes, masked and read-only paths, hostname, cwd,
+//! cloned from their overlays, the rootfs overlay, pivot_root, system mounts, bind mounts,
+//! device nodes and image volumes, masked and read-only paths, hostname, cwd,
 //! executable lookup, the pod's user namespace, rlimits, bounding set, uid/gid,
 //! capabilities, no_new_privs, seccomp. The fd sweep and execve come last, after the start
 //! gate.
@@ -29,7 +29,7 @@ use nix::unistd::{Gid, Uid};
 
 use super::caps::{self, CapSet};
 use super::seccomp;
-use super::spec::{BindMount, ContainerSpec, Namespace, Process, Propagation};
+use super::spec::{BindMount, ContainerSpec, DeviceNode, Namespace, Process, Propagation};
 
 pub(crate) type SetupResult<T> = Result<T, String>;
 
@@ -151,6 +151,9 @@ pub(crate) fn setup_container(
     mount_system(binds.host_dev, binds.shm)?;
     for (m, fd) in spec.mounts.iter().zip(binds.volumes) {
         attach_bind(m, &fd)?;
+    }
+    for d in &spec.devices {
+        make_device(d)?;
     }
     for (v, fd) in spec.image_volumes.iter().zip(image_volumes) {
         let m = BindMount {
@@ -595,6 +598,35 @@ fn populate_dev() -> SetupResult<()> {
         std::os::unix::fs::symlink(target, link).context(|| format!("symlink {link}"))?;
     }
     Ok(())
+}
+
+/// A device node of the container's, with its owner and mode. One that exists already (a
+/// privileged container sees the host's /dev) is left as it is.
+fn make_device(d: &DeviceNode) -> SetupResult<()> {
+    let path = &d.path;
+    if std::fs::symlink_metadata(path).is_ok() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).context(|| format!("creating {parent:?}"))?;
+    }
+    let kind = if d.kind == 'b' {
+        SFlag::S_IFBLK
+    } else {
+        SFlag::S_IFCHR
+    };
+    mknod(
+        path,
+        kind,
+        Mode::from_bits_truncate(d.mode),
+        makedev(d.major, d.minor),
+    )
+    .context(|| format!("creating device {path:?}"))?;
+    std::os::unix::fs::chown(path, Some(d.uid), Some(d.gid))
+        .context(|| format!("chown device {path:?}"))?;
+    // mknod is subject to the umask.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(d.mode & 0o7777))
+        .context(|| format!("chmod device {path:?}"))
 }
 
 fn attach_bind(m: &BindMount, fd: &OwnedFd) -> SetupResult<()> {

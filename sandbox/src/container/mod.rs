@@ -165,7 +165,7 @@ pub fn create(
         });
         cgroup.create(&cg.resources)?;
         if !spec.privileged {
-            cgroup.restrict_devices()?;
+            cgroup.restrict_devices(&spec.devices)?;
         }
     }
     let pid = spawn_monitor(monitor, dir)?;

@@ -42,6 +42,37 @@ pub struct ContainerSpec {
     /// Image volumes (Kubernetes' `image` volume source): mounted read-only after `mounts`.
     #[serde(default)]
     pub image_volumes: Vec<ImageVolume>,
+    /// Device nodes made in the container's /dev and allowed by its device cgroup (CRI
+    /// devices and CDI device nodes).
+    #[serde(default)]
+    pub devices: Vec<DeviceNode>,
+}
+
+/// A device node inside the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceNode {
+    /// Absolute path inside the container.
+    pub path: PathBuf,
+    /// `c` (character) or `b` (block).
+    pub kind: char,
+    pub major: u64,
+    pub minor: u64,
+    /// Permission bits of the node.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// What the device cgroup allows: a non-empty subset of `rwm`.
+    pub access: String,
+}
+
+impl DeviceNode {
+    /// The device cgroup (v1) rule that lets the container use it, e.g. `c 10:200 rw`.
+    pub fn cgroup_rule(&self) -> String {
+        format!(
+            "{} {}:{} {}",
+            self.kind, self.major, self.minor, self.access
+        )
+    }
 }
 
 /// An image's file system (or a path in it) mounted read-only into the container: the
@@ -253,6 +284,8 @@ pub enum SpecError {
     BadHostname(String),
     #[error("image volume at {0:?}: {1}")]
     BadImageVolume(PathBuf, &'static str),
+    #[error("device {0:?}: {1}")]
+    BadDevice(PathBuf, &'static str),
     #[error("recursive read-only mount at {0:?} must also be read-only")]
     RecursiveReadOnlyNotReadOnly(PathBuf),
     #[error(
@@ -341,6 +374,19 @@ impl ContainerSpec {
                 return Err(bad("the sub-path must be relative and without '..'"));
             }
         }
+        for d in &self.devices {
+            container_path("device", &d.path)?;
+            let bad = |why| SpecError::BadDevice(d.path.clone(), why);
+            if d.kind != 'c' && d.kind != 'b' {
+                return Err(bad("the type must be c (character) or b (block)"));
+            }
+            if d.access.is_empty() || !d.access.chars().all(|c| "rwm".contains(c)) {
+                return Err(bad("the permissions must be a non-empty subset of \"rwm\""));
+            }
+            if !d.path.starts_with("/dev") {
+                return Err(bad("device nodes go under /dev"));
+            }
+        }
         for path in self.masked_paths.iter().chain(&self.readonly_paths) {
             container_path("masked or read-only", path)?;
         }
@@ -403,6 +449,7 @@ mod tests {
     pub(crate) fn minimal() -> ContainerSpec {
         ContainerSpec {
             image_volumes: Vec::new(),
+            devices: Vec::new(),
             rootfs: Rootfs {
                 lower: vec!["/layers/a".into()],
                 upper: "/c/upper".into(),
