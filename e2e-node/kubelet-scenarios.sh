@@ -845,9 +845,9 @@ scenario_cri_errors() {
     n_fail=$(grep -c '^FAIL' <<<"$lines")
     n_ok=$(grep -c '^ok' <<<"$lines")
     if ((n_fail)); then
-        result cri-errors FAIL "$n_fail kinds of failed CRI calls in the kubelet log ($n_ok more the kubelet asked for):"
+        result cri-errors FAIL "$n_fail kind(s) of failed CRI calls in the kubelet log ($n_ok more the kubelet asked for):"
     else
-        result cri-errors PASS "no failed CRI call in $(wc -l <"$CT_LOGS/kubelet.log") kubelet log lines but $n_ok kinds the kubelet asked for"
+        result cri-errors PASS "no failed CRI call in $(wc -l <"$CT_LOGS/kubelet.log") kubelet log lines but $n_ok kind(s) the kubelet asked for"
     fi
     [[ -z $lines ]] || sed 's/^/    /' <<<"$lines" | tee -a "$RESULTS"
 }
