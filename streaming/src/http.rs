@@ -20,10 +20,22 @@ pub struct RequestHead {
     pub method: String,
     /// The path without the query.
     pub path: String,
+    /// What followed `?` in the request target (empty when nothing did).
+    pub query: String,
     pub headers: Vec<(String, String)>,
 }
 
 impl RequestHead {
+    /// Every value of query parameter `name` (`?port=80&port=81`), undecoded.
+    pub fn query_values(&self, name: &str) -> Vec<&str> {
+        self.query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .filter(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+            .collect()
+    }
+
     /// Every value of `name`, with comma-separated lists and repeated headers flattened.
     pub fn values(&self, name: &str) -> Vec<&str> {
         self.headers
@@ -61,7 +73,8 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, Error> {
         Err(e) => return Err(Error::BadRequest(e.to_string())),
     };
     let target = req.path.unwrap_or("/");
-    let path = target.split('?').next().unwrap_or("").to_string();
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let (path, query) = (path.to_string(), query.to_string());
     let headers = req
         .headers
         .iter()
@@ -74,6 +87,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, Error> {
         RequestHead {
             method: req.method.unwrap_or("").to_string(),
             path,
+            query,
             headers,
         },
         used,

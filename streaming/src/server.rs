@@ -376,6 +376,42 @@ where
         portforward::serve(conn, ctx.runtime.clone(), req, timeout).await;
         return Ok(());
     }
+    if websocket
+        && !head
+            .values("sec-websocket-protocol")
+            .contains(&websocket::SPDY_TUNNEL_PROTOCOL)
+    {
+        // The channel protocol of the kubelet's own streaming server: the ports are in
+        // the query, one data and one error channel each.
+        let ports: Result<Vec<u16>, _> = head
+            .query_values("port")
+            .iter()
+            .map(|p| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or(*p))
+            .collect();
+        let ports = match ports {
+            Ok(p) if !p.is_empty() && p.len() <= websocket::MAX_FORWARDED_PORTS => p,
+            Ok(_) => {
+                let msg = format!(
+                    "port-forward over WebSocket channels needs 1 to {} ?port= parameters\n",
+                    websocket::MAX_FORWARDED_PORTS
+                );
+                http::respond(&mut io, 400, "Bad Request", &[], &msg).await?;
+                return Ok(());
+            }
+            Err(bad) => {
+                let msg = format!("invalid port {bad:?}\n");
+                http::respond(&mut io, 400, "Bad Request", &[], &msg).await?;
+                return Ok(());
+            }
+        };
+        let Some((ws, protocol)) =
+            accept_websocket(io, head, &websocket::PORT_FORWARD_PROTOCOLS).await?
+        else {
+            return Ok(());
+        };
+        websocket::serve_port_forward(ws, protocol, ctx.runtime.clone(), req.pod_id, ports).await;
+        return Ok(());
+    }
     if websocket {
         let supported = [(websocket::SPDY_TUNNEL_PROTOCOL, ())];
         let Some((ws, ())) = accept_websocket(io, head, &supported).await? else {
@@ -396,6 +432,10 @@ where
 
 /// The answer when no offered sub-protocol is one we speak.
 async fn refuse_protocol<S: AsyncWrite + Unpin>(io: &mut S, accepted: &str) -> Result<(), Error> {
+    tracing::warn!(
+        accepted,
+        "streaming request refused: the client offered no sub-protocol berth speaks"
+    );
     http::respond(
         io,
         403,
@@ -428,26 +468,34 @@ where
         .await?;
         return Ok(None);
     };
-    let accepted: Vec<&str> = supported.iter().map(|(n, _)| *n).collect();
-    let offered = head.values("sec-websocket-protocol");
-    let chosen = offered
+    let accepted: Vec<&str> = supported
         .iter()
-        .find_map(|o| supported.iter().find(|(n, _)| n == o));
+        .map(|(n, _)| *n)
+        .filter(|n| !n.is_empty())
+        .collect();
+    let offered = head.values("sec-websocket-protocol");
+    // A client that offers no sub-protocol gets the one named "" where there is one.
+    let chosen = if offered.is_empty() {
+        supported.iter().find(|(n, _)| n.is_empty())
+    } else {
+        offered
+            .iter()
+            .find_map(|o| supported.iter().find(|(n, _)| !n.is_empty() && n == o))
+    };
     let Some((name, protocol)) = chosen else {
         refuse_protocol(&mut io, &accepted.join(",")).await?;
         return Ok(None);
     };
     let accept_key = derive_accept_key(key.as_bytes());
-    http::switch_protocols(
-        &mut io,
-        &[
-            ("Upgrade", "websocket"),
-            ("Connection", "Upgrade"),
-            ("Sec-WebSocket-Accept", &accept_key),
-            ("Sec-WebSocket-Protocol", name),
-        ],
-    )
-    .await?;
+    let mut answer = vec![
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Accept", accept_key.as_str()),
+    ];
+    if !name.is_empty() {
+        answer.push(("Sec-WebSocket-Protocol", name));
+    }
+    http::switch_protocols(&mut io, &answer).await?;
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(websocket::config())).await;
     Ok(Some((ws, *protocol)))
 }

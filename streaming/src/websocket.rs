@@ -1,8 +1,9 @@
 //! The WebSocket transports: remotecommand with channel-prefixed messages, binary
 //! (`v5`/`v4.channel.k8s.io`, and the older `channel.k8s.io`) or base64 text
 //! (`v4.base64.channel.k8s.io`, `base64.channel.k8s.io`), as the kubelet's own streaming
-//! server speaks them; and a byte-stream tunnel for SPDY-over-WebSocket port-forward
-//! (`SPDY/3.1+portforward.k8s.io`).
+//! server speaks them; port-forward over the same channels (`?port=` in the query, a data
+//! and an error channel per port); and a byte-stream tunnel for SPDY-over-WebSocket
+//! port-forward (`SPDY/3.1+portforward.k8s.io`).
 
 use std::time::Duration;
 
@@ -279,4 +280,117 @@ where
         let _ = sink.send(normal_close()).await;
     });
     theirs
+}
+
+/// Port-forward sub-protocols over channels, as the kubelet's streaming server speaks
+/// them; "" is a client that offers none (binary framing).
+pub const PORT_FORWARD_PROTOCOLS: [(&str, WsProtocol); 3] = [
+    ("v4.channel.k8s.io", WsProtocol::new(Protocol::V4, false)),
+    (
+        "v4.base64.channel.k8s.io",
+        WsProtocol::new(Protocol::V4, true),
+    ),
+    ("", WsProtocol::new(Protocol::V4, false)),
+];
+
+/// Two channels per port, numbered in one byte (a base64 channel in one digit).
+pub const MAX_FORWARDED_PORTS: usize = 5;
+
+/// Serves port-forward on channels: port `i` of `ports` is one TCP connection into the
+/// pod, its bytes on channel `2i` and its errors on `2i+1`; each channel first carries
+/// the port number (two bytes, little-endian), as the kubelet's server sends it. The
+/// WebSocket closes once every connection has ended.
+pub async fn serve_port_forward<S>(
+    ws: WebSocketStream<S>,
+    protocol: WsProtocol,
+    runtime: std::sync::Arc<dyn DynRuntime>,
+    pod_id: String,
+    ports: Vec<u16>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sink, mut source) = ws.split();
+    let (tx, mut rx) = mpsc::channel::<Message>(16);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if sink.send(m).await.is_err() {
+                return;
+            }
+        }
+        let _ = sink.send(normal_close()).await;
+    });
+    let mut to_ports = Vec::new();
+    let mut forwards = tokio::task::JoinSet::new();
+    for (i, port) in ports.into_iter().enumerate() {
+        let (data, error) = (2 * i as u8, 2 * i as u8 + 1);
+        for channel in [data, error] {
+            let _ = tx.send(protocol.frame(channel, &port.to_le_bytes())).await;
+        }
+        let (ours, mut from_client) = tokio::io::duplex(PIPE);
+        to_ports.push(Some(ours));
+        let (runtime, pod_id, tx) = (runtime.clone(), pod_id.clone(), tx.clone());
+        forwards.spawn(async move {
+            let fail = |e: String| {
+                let msg = format!("error forwarding port {port} to pod {pod_id}: {e}");
+                protocol.frame(error, msg.as_bytes())
+            };
+            let tcp = match runtime.port_forward(&pod_id, port).await {
+                Ok(tcp) => tcp,
+                Err(e) => {
+                    let _ = tx.send(fail(e.to_string())).await;
+                    return;
+                }
+            };
+            let (mut from_port, mut to_port) = tcp.into_split();
+            // The connection ends when the pod's side does (as in the kubelet's server);
+            // the client's half-close only ends what it sends.
+            let up = tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut from_client, &mut to_port).await;
+                let _ = to_port.shutdown().await;
+            });
+            let down = async {
+                let mut buf = vec![0u8; 32 << 10];
+                loop {
+                    match from_port.read(&mut buf).await {
+                        Ok(0) => return Ok(()),
+                        Ok(n) => {
+                            if tx.send(protocol.frame(data, &buf[..n])).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            };
+            let r = down.await;
+            up.abort();
+            if let Err(e) = r {
+                let _ = tx.send(fail(e.to_string())).await;
+            }
+        });
+    }
+    // The client's bytes, by data channel; its leaving is every port's EOF.
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(msg)) = source.next().await {
+            if let Message::Close(_) = msg {
+                break;
+            }
+            let Some((channel, body)) = protocol.unframe(msg) else {
+                continue;
+            };
+            let slot = (channel % 2 == 0)
+                .then(|| to_ports.get_mut(usize::from(channel / 2)))
+                .flatten();
+            if let Some(slot) = slot
+                && let Some(pipe) = slot.as_mut()
+                && pipe.write_all(&body).await.is_err()
+            {
+                *slot = None;
+            }
+        }
+    });
+    while forwards.join_next().await.is_some() {}
+    drop(tx);
+    let _ = tokio::time::timeout(DRAIN_GRACE, writer).await;
+    reader.abort();
 }

@@ -14,7 +14,7 @@ use streaming::{
     AttachRequest, ExecRequest, PortForwardRequest, RuntimeError, StreamingConfig,
     StreamingRuntime, StreamingServer, Streams,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -689,5 +689,94 @@ async fn exec_over_websocket_legacy_and_base64_protocols() {
                 assert_eq!(v["details"]["causes"][0]["message"], "3", "{protocol}");
             }
         }
+    }
+}
+
+/// The kubelet's own port-forward over WebSocket channels (`?port=` in the query,
+/// `v4.channel.k8s.io`): each port's channels first carry the port, then its bytes (data,
+/// channel 2i) or its errors (channel 2i+1); the socket closes once every connection has.
+#[tokio::test(flavor = "multi_thread")]
+async fn port_forward_over_websocket_channels_with_ports_in_the_query() {
+    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = echo.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        // Answers one line, then closes: the forward ends with the pod's side.
+        while let Ok((conn, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (r, mut w) = conn.into_split();
+                let mut line = String::new();
+                let _ = tokio::io::BufReader::new(r).read_line(&mut line).await;
+                let _ = w.write_all(format!("echo {line}").as_bytes()).await;
+            });
+        }
+    });
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+
+    let s = server(|_| {}).await;
+    for protocol in ["v4.channel.k8s.io", ""] {
+        let url = s
+            .port_forward(PortForwardRequest {
+                pod_id: "pod".into(),
+                ports: vec![],
+            })
+            .await
+            .unwrap();
+        let url = format!("{url}?port={port}&port={closed_port}");
+        let mut req = url
+            .replace("http://", "ws://")
+            .into_client_request()
+            .unwrap();
+        if !protocol.is_empty() {
+            req.headers_mut()
+                .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+        }
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        ws.send(Message::binary(b"\x00hi\n".to_vec()))
+            .await
+            .unwrap();
+        let mut by_channel: HashMap<u8, Vec<u8>> = HashMap::new();
+        let read = async {
+            while let Some(Ok(m)) = ws.next().await {
+                match m {
+                    Message::Binary(b) if !b.is_empty() => by_channel
+                        .entry(b[0])
+                        .or_default()
+                        .extend_from_slice(&b[1..]),
+                    Message::Close(_) => break,
+                    other => panic!("unexpected {other:?}"),
+                };
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .unwrap();
+        let mut data = port.to_le_bytes().to_vec();
+        data.extend_from_slice(b"echo hi\n");
+        assert_eq!(by_channel[&0], data, "{protocol:?}");
+        assert_eq!(by_channel[&1], port.to_le_bytes(), "{protocol:?}");
+        assert_eq!(by_channel[&2], closed_port.to_le_bytes(), "{protocol:?}");
+        let err = String::from_utf8_lossy(&by_channel[&3][2..]).into_owned();
+        assert!(
+            err.contains(&format!("error forwarding port {closed_port}")),
+            "{err}"
+        );
+    }
+    // No port, or a bad one: a clear 400 before any upgrade.
+    for query in ["", "?port=0", "?port=http"] {
+        let url = s
+            .port_forward(PortForwardRequest {
+                pod_id: "pod".into(),
+                ports: vec![],
+            })
+            .await
+            .unwrap();
+        let req = format!("{url}{query}")
+            .replace("http://", "ws://")
+            .into_client_request()
+            .unwrap();
+        let e = tokio_tungstenite::connect_async(req).await.unwrap_err();
+        assert!(e.to_string().contains("400"), "{query}: {e}");
     }
 }
