@@ -13,24 +13,59 @@ use sandbox::pod::netstats::{self, InterfaceStats};
 
 use super::{ContainerRecord, now_ns};
 
-/// Remembers the previous CPU sample per cgroup, to report usage in nano-cores.
+/// Remembers CPU samples per cgroup, to report usage in nano-cores. A rate is measured
+/// over at least `MIN_WINDOW_NS`: callers that come right after one another (the kubelet's
+/// own sampling and a `/stats/summary` reader, two `crictl stats`) get the last measured
+/// rate rather than a rate over a few milliseconds, which is usually 0.
 #[derive(Default)]
 pub struct CpuRates {
-    last: Mutex<HashMap<String, (i64, u64)>>,
+    last: Mutex<HashMap<String, RateState>>,
 }
 
+struct RateState {
+    /// The sample the next rate is measured from.
+    since_ns: i64,
+    usage_ns: u64,
+    /// The last rate measured over a full window.
+    rate: Option<u64>,
+}
+
+/// The shortest interval a rate is measured over.
+const MIN_WINDOW_NS: i64 = 1_000_000_000;
+
 impl CpuRates {
-    /// Nano-cores used since the previous sample of `key` (0 on the first one).
-    fn rate(&self, key: &str, at_ns: i64, usage_ns: u64) -> u64 {
+    /// Nano-cores used recently by `key`; `None` until two samples at least a window apart
+    /// exist (unknown, which the kubelet treats differently from an idle 0).
+    fn rate(&self, key: &str, at_ns: i64, usage_ns: u64) -> Option<u64> {
         let mut last = self.last.lock().expect("cpu rates lock");
-        let rate = match last.get(key) {
-            Some(&(t, u)) if at_ns > t && usage_ns >= u => {
-                ((usage_ns - u) as u128 * 1_000_000_000 / (at_ns - t) as u128) as u64
-            }
-            _ => 0,
+        let Some(state) = last.get_mut(key) else {
+            last.insert(
+                key.to_string(),
+                RateState {
+                    since_ns: at_ns,
+                    usage_ns,
+                    rate: None,
+                },
+            );
+            return None;
         };
-        last.insert(key.to_string(), (at_ns, usage_ns));
-        rate
+        let elapsed = at_ns - state.since_ns;
+        if usage_ns < state.usage_ns || elapsed < 0 {
+            // A new cgroup under the same key: start over.
+            *state = RateState {
+                since_ns: at_ns,
+                usage_ns,
+                rate: None,
+            };
+            return None;
+        }
+        if elapsed >= MIN_WINDOW_NS {
+            let used = (usage_ns - state.usage_ns) as u128;
+            state.rate = Some((used * 1_000_000_000 / elapsed as u128) as u64);
+            state.since_ns = at_ns;
+            state.usage_ns = usage_ns;
+        }
+        state.rate
     }
 
     pub fn forget(&self, key: &str) {
@@ -48,9 +83,9 @@ fn cpu(rates: &CpuRates, key: &str, at: i64, s: &CgroupStats) -> cri::CpuUsage {
         usage_core_nano_seconds: Some(cri::UInt64Value {
             value: s.cpu_usage_ns,
         }),
-        usage_nano_cores: Some(cri::UInt64Value {
-            value: rates.rate(key, at, s.cpu_usage_ns),
-        }),
+        usage_nano_cores: rates
+            .rate(key, at, s.cpu_usage_ns)
+            .map(|value| cri::UInt64Value { value }),
         // Pressure stall information comes with the cgroup v2 work; v1 has none.
         psi: None,
     }
@@ -240,11 +275,27 @@ mod tests {
     #[test]
     fn nano_cores_from_two_samples() {
         let r = CpuRates::default();
-        assert_eq!(r.rate("c", 1_000_000_000, 500), 0);
+        let s = 1_000_000_000;
+        assert_eq!(
+            r.rate("c", s, 500),
+            None,
+            "unknown until a window has passed"
+        );
+        assert_eq!(r.rate("c", s + 10_000_000, 600), None);
         // 0.5 s of CPU over 1 s of wall time is half a core.
-        assert_eq!(r.rate("c", 2_000_000_000, 500_000_500), 500_000_000);
+        assert_eq!(r.rate("c", 2 * s, 500_000_500), Some(500_000_000));
+        // A caller right after gets the same rate, not one over 5 ms.
+        assert_eq!(
+            r.rate("c", 2 * s + 5_000_000, 500_000_500),
+            Some(500_000_000)
+        );
+        assert_eq!(
+            r.rate("c", 3 * s, 500_000_500),
+            Some(0),
+            "idle is a measured 0"
+        );
         r.forget("c");
-        assert_eq!(r.rate("c", 3_000_000_000, 600_000_000), 0);
+        assert_eq!(r.rate("c", 4 * s, 600_000_000), None);
     }
 
     #[test]
