@@ -110,6 +110,26 @@ pub const REMOTECOMMAND_PROTOCOLS: [(&str, WsProtocol); 5] = [
     ("base64.channel.k8s.io", WsProtocol::new(Protocol::V1, true)),
 ];
 
+/// The task that owns the socket's sending half: it sends what `tx` gets, then a normal
+/// close once every sender is gone.
+fn spawn_writer<S>(
+    mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+) -> (mpsc::Sender<Message>, tokio::task::JoinHandle<()>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, mut rx) = mpsc::channel::<Message>(16);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if sink.send(m).await.is_err() {
+                return;
+            }
+        }
+        let _ = sink.send(normal_close()).await;
+    });
+    (tx, writer)
+}
+
 /// Copies a pipe into channel-tagged messages until EOF.
 async fn pump_channel(
     mut rd: DuplexStream,
@@ -141,16 +161,8 @@ pub async fn serve_remotecommand<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let w = cmd.wanted();
-    let (mut sink, mut source) = ws.split();
-    let (tx, mut rx) = mpsc::channel::<Message>(16);
-    let writer = tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            if sink.send(m).await.is_err() {
-                return;
-            }
-        }
-        let _ = sink.send(normal_close()).await;
-    });
+    let (sink, mut source) = ws.split();
+    let (tx, writer) = spawn_writer(sink);
 
     let mut pumps = Vec::new();
     let mut output = |wanted: bool, channel: u8| {
@@ -309,16 +321,8 @@ pub async fn serve_port_forward<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sink, mut source) = ws.split();
-    let (tx, mut rx) = mpsc::channel::<Message>(16);
-    let writer = tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            if sink.send(m).await.is_err() {
-                return;
-            }
-        }
-        let _ = sink.send(normal_close()).await;
-    });
+    let (sink, mut source) = ws.split();
+    let (tx, writer) = spawn_writer(sink);
     let mut to_ports = Vec::new();
     let mut forwards = tokio::task::JoinSet::new();
     for (i, port) in ports.into_iter().enumerate() {
