@@ -185,16 +185,15 @@ ct_berth_start() { # binary
     ct_log "berth $("$CT_RUN/berth" --version 2>/dev/null) serving $CT_ENDPOINT (pid $CT_PID, log $CT_LOGS/berth.log)"
 }
 
-# containerd 2.4.2 + runc 1.5.2, built from the Go module proxy by install-containerd.sh into
-# their own prefix (CT_CONTAINERD_BIN), with a config version 3 file as a containerd 2.x node
-# has, but with its own socket, root, state, shim socket dir, NRI socket, CNI dir and
-# registry hosts dir.
-CT_CONTAINERD_BIN=""
+# shellcheck disable=SC2034 # read by critest/run.sh
 CT_NRI_SOCKET=""
+
+# containerd 2.4.2 + runc 1.5.2, built from the Go module proxy by install-containerd.sh into
+# their own prefix, with a config version 3 file as a containerd 2.x node has, but with its
+# own socket, root, state, shim socket dir, NRI socket, CNI dir and registry hosts dir.
 ct_containerd_start() {
     local d=$CT_RUN/containerd h bin socket_dir
     bin=$("$CT_HERE/install-containerd.sh") || { ct_log "critest/install-containerd.sh failed"; return 1; }
-    CT_CONTAINERD_BIN=$bin
     ct_wipe_dir "$CT_LIB/containerd"
     ct_wipe_dir "$d"
     CT_RUN_CONTAINERD_BEFORE=0
@@ -371,6 +370,7 @@ ct_runtime_stop() {
     fi
     ct_cleanup_network
     ct_log "$rt stopped and its state removed"
+    # shellcheck disable=SC2034 # CT_NRI_SOCKET is read by critest/run.sh
     CT_RUNTIME="" CT_PID="" CT_ENDPOINT="" CT_NRI_SOCKET=""
 }
 
