@@ -66,7 +66,9 @@ regenerate() {
 build() {
     local tmp ldflags v=k8s.io/component-base/version c=k8s.io/client-go/pkg/version
     command -v go >/dev/null || { log "Go not found (expected /usr/local/go/bin/go)"; exit 1; }
-    grep -q "^require k8s.io/kubernetes v$KUBE_VERSION\$" "$MOD_DIR/go.mod" ||
+    # "require k8s.io/kubernetes vX" alone, or in a require block (install-node-e2e.sh adds
+    # the node e2e suite's modules).
+    grep -Eq "^(require |\s)k8s.io/kubernetes v$KUBE_VERSION\$" "$MOD_DIR/go.mod" ||
         { log "$MOD_DIR/go.mod is not for v$KUBE_VERSION; run $0 --regenerate"; exit 1; }
     ldflags="-s -w"
     for pkg in $v $c; do
