@@ -161,12 +161,19 @@ async fn metrics_describe_and_report_cadvisors_series_with_pod_network() {
     assert_eq!(labelled(ws, "pod"), "metrics");
     assert_eq!(labelled(ws, "namespace"), "berth-test");
     assert!(ws.value.as_ref().unwrap().value > 0, "{ws:?}");
-    let procs = c
-        .metrics
-        .iter()
-        .find(|m| m.name == "container_processes")
-        .unwrap();
-    assert_eq!(procs.value.as_ref().unwrap().value, 1, "{procs:?}");
+    let value = |name: &str| {
+        c.metrics
+            .iter()
+            .find(|m| m.name == name)
+            .and_then(|m| m.value.as_ref())
+            .map(|v| v.value)
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    assert_eq!(value("container_processes"), 1);
+    // sleep holds stdin, stdout and stderr open.
+    assert!(value("container_file_descriptors") >= 3);
+    assert!(value("container_fs_inodes_total") > 0);
+    assert!(value("container_fs_limit_bytes") > 0);
     let rx = ours
         .metrics
         .iter()
@@ -342,6 +349,29 @@ async fn image_volumes_mount_the_image_or_a_sub_path_read_only() {
     assert!(!out.contains("bin"), "only the sub-path is mounted: {out}");
     let (code, out) = exec(&mut rt, &id, &["touch", "/whole/new"]).await;
     assert_ne!(code, 0, "an image volume must be read-only: {out}");
+    // ContainerStatus names each image volume's image by the id PullImage gave.
+    let status = rt
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    let whole = status
+        .mounts
+        .iter()
+        .find(|m| m.container_path == "/whole")
+        .unwrap();
+    assert_eq!(whole.image.as_ref().unwrap().image_ref, image_id);
+    let etc = status
+        .mounts
+        .iter()
+        .find(|m| m.container_path == "/etc-only")
+        .unwrap();
+    assert_eq!(etc.image_sub_path, "/etc");
     // Nothing of it shows on the host.
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains("image-volumes"), "{mounts}");
@@ -353,6 +383,13 @@ async fn image_volumes_mount_the_image_or_a_sub_path_read_only() {
         ),
         (image_mount("/x", BUSYBOX, "no/such/dir"), "does not exist"),
         (image_mount("/x", BUSYBOX, "../../etc"), ".."),
+        (
+            cri::Mount {
+                readonly: false,
+                ..image_mount("/x", BUSYBOX, "")
+            },
+            "read-only",
+        ),
     ] {
         let e = rt
             .create_container(cri::CreateContainerRequest {

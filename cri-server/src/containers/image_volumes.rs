@@ -13,14 +13,12 @@ use crate::error::{CriError, CriResult};
 use crate::service::CriService;
 
 /// The image volumes among `mounts`, and the layers they hold (kept from garbage
-/// collection while the container exists). An image that is not pulled, or a sub-path
-/// that is not in it, is InvalidArgument naming the mount.
-pub fn resolve(
-    svc: &CriService,
-    mounts: &[cri::Mount],
-) -> CriResult<(Vec<ImageVolume>, Vec<String>)> {
+/// collection while the container exists). An image that is not pulled, a sub-path that
+/// is not in it, or a mount not marked read-only is InvalidArgument naming the mount.
+pub fn resolve(svc: &CriService, mounts: &[cri::Mount]) -> CriResult<ResolvedImageVolumes> {
     let mut volumes = Vec::new();
     let mut chain_ids = Vec::new();
+    let mut image_ids = Vec::new();
     for m in mounts.iter().filter(|m| is_image_volume(m)) {
         let spec = m.image.as_ref().expect("checked by is_image_volume");
         let name = if spec.image.is_empty() {
@@ -31,6 +29,11 @@ pub fn resolve(
         let invalid = |why: String| {
             CriError::InvalidArgument(format!("image volume at {:?}: {why}", m.container_path))
         };
+        if !m.readonly {
+            return Err(invalid(
+                "an image volume is read-only: the mount must say readonly".into(),
+            ));
+        }
         let image = svc
             .images
             .get(name)
@@ -63,8 +66,21 @@ pub fn resolve(
             sub_path,
             destination: PathBuf::from(&m.container_path),
         });
+        image_ids.push((m.container_path.clone(), image.id.clone()));
     }
-    Ok((volumes, chain_ids))
+    Ok(ResolvedImageVolumes {
+        volumes,
+        chain_ids,
+        image_ids,
+    })
+}
+
+/// What `resolve` found: the volumes to mount, their layers, and each volume's image id
+/// by container path (ContainerStatus reports it as the mount's `image_ref`).
+pub struct ResolvedImageVolumes {
+    pub volumes: Vec<ImageVolume>,
+    pub chain_ids: Vec<String>,
+    pub image_ids: Vec<(String, String)>,
 }
 
 /// A mount whose source is an image rather than a host path.

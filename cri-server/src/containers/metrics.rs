@@ -157,6 +157,80 @@ const FS_USAGE: Family = family(
     Gauge,
     &["device"],
 );
+const FS_INODES_FREE: Family = family(
+    "container_fs_inodes_free",
+    "Number of available Inodes",
+    Gauge,
+    &["device"],
+);
+const FS_INODES_TOTAL: Family = family(
+    "container_fs_inodes_total",
+    "Number of Inodes",
+    Gauge,
+    &["device"],
+);
+const FS_LIMIT: Family = family(
+    "container_fs_limit_bytes",
+    "Number of bytes that can be consumed by the container on this filesystem.",
+    Gauge,
+    &["device"],
+);
+// Block I/O per device: described, and reported once the container has an io cgroup of
+// its own (cgroup v2); on v1 berth gives containers no blkio cgroup.
+const FS_READS_BYTES: Family = family(
+    "container_fs_reads_bytes_total",
+    "Cumulative count of bytes read",
+    Counter,
+    &["device"],
+);
+const FS_READS: Family = family(
+    "container_fs_reads_total",
+    "Cumulative count of reads completed",
+    Counter,
+    &["device"],
+);
+const FS_WRITES_BYTES: Family = family(
+    "container_fs_writes_bytes_total",
+    "Cumulative count of bytes written",
+    Counter,
+    &["device"],
+);
+const FS_WRITES: Family = family(
+    "container_fs_writes_total",
+    "Cumulative count of writes completed",
+    Counter,
+    &["device"],
+);
+const BLKIO_DEVICE_USAGE: Family = family(
+    "container_blkio_device_usage_total",
+    "Blkio Device bytes usage",
+    Counter,
+    &["device", "major", "minor", "operation"],
+);
+const FILE_DESCRIPTORS: Family = family(
+    "container_file_descriptors",
+    "Number of open file descriptors for the container.",
+    Gauge,
+    &[],
+);
+const SOCKETS: Family = family(
+    "container_sockets",
+    "Number of open sockets for the container.",
+    Gauge,
+    &[],
+);
+const THREADS_MAX: Family = family(
+    "container_threads_max",
+    "Maximum number of threads allowed inside the container, infinity if value is zero",
+    Gauge,
+    &[],
+);
+const MEMORY_KERNEL: Family = family(
+    "container_memory_kernel_usage",
+    "Size of kernel memory allocated in bytes.",
+    Gauge,
+    &[],
+);
 const FS_INODES_USED: Family = family(
     "container_fs_inodes_used",
     "Number of inodes used by the container on this filesystem.",
@@ -275,6 +349,18 @@ const FAMILIES: &[&Family] = &[
     &THREADS,
     &FS_USAGE,
     &FS_INODES_USED,
+    &FS_INODES_FREE,
+    &FS_INODES_TOTAL,
+    &FS_LIMIT,
+    &FS_READS_BYTES,
+    &FS_READS,
+    &FS_WRITES_BYTES,
+    &FS_WRITES,
+    &BLKIO_DEVICE_USAGE,
+    &FILE_DESCRIPTORS,
+    &SOCKETS,
+    &THREADS_MAX,
+    &MEMORY_KERNEL,
     &SPEC_MEMORY_LIMIT,
     &SPEC_MEMORY_SWAP_LIMIT,
     &SPEC_CPU_SHARES,
@@ -385,24 +471,43 @@ fn cgroup_series(s: &mut Series, c: &CgroupStats) {
         s.push(&MEMORY_FAILURES, &["pgfault", scope], c.pgfault);
         s.push(&MEMORY_FAILURES, &["pgmajfault", scope], c.pgmajfault);
     }
+    s.push(&MEMORY_KERNEL, &[], c.memory_kernel_bytes);
     s.push(&OOM_EVENTS, &[], c.oom_kills);
     s.push(&PROCESSES, &[], c.processes);
     s.push(&THREADS, &[], c.pids);
+    s.push(&THREADS_MAX, &[], c.pids_max);
+}
+
+/// What only the metrics read of a running container: its processes' open files and its
+/// writable layer's file system.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extras {
+    pub file_descriptors: u64,
+    pub sockets: u64,
+    pub fs: Option<super::stats::FsCapacity>,
 }
 
 /// A running container's series.
 pub fn container_metrics(
     labels: &Labels,
     sample: &Sample,
+    extras: &Extras,
     started_at_ns: i64,
 ) -> cri::ContainerMetrics {
     let mut metrics = Vec::new();
     let mut s = series(sample.at, labels, &mut metrics);
     cgroup_series(&mut s, &sample.cgroup);
+    s.push(&FILE_DESCRIPTORS, &[], extras.file_descriptors);
+    s.push(&SOCKETS, &[], extras.sockets);
     if let (Some(spec), Some((bytes, inodes))) = (&sample.spec, sample.writable) {
         let device = spec.rootfs.upper.display().to_string();
         s.push(&FS_USAGE, &[&device], bytes);
         s.push(&FS_INODES_USED, &[&device], inodes);
+        if let Some(fs) = extras.fs {
+            s.push(&FS_LIMIT, &[&device], fs.bytes);
+            s.push(&FS_INODES_TOTAL, &[&device], fs.inodes);
+            s.push(&FS_INODES_FREE, &[&device], fs.inodes_free);
+        }
     }
     if let Some(res) = sample
         .spec
@@ -493,7 +598,7 @@ mod tests {
             },
             writable: None,
         };
-        let c = container_metrics(&labels(), &sample, 2 * NS_PER_S as i64);
+        let c = container_metrics(&labels(), &sample, &Extras::default(), 2 * NS_PER_S as i64);
         let eth0 = InterfaceStats {
             name: "eth0".into(),
             rx_bytes: 10,

@@ -80,6 +80,20 @@ pub struct MountRecord {
     pub readonly: bool,
     pub selinux_relabel: bool,
     pub propagation: i32,
+    /// The image of an image volume.
+    #[serde(default)]
+    pub image: Option<MountImage>,
+    #[serde(default)]
+    pub image_sub_path: String,
+}
+
+/// The image an image volume mounts: as the kubelet named it, and its id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MountImage {
+    pub image: String,
+    pub user_specified_image: String,
+    /// The image id, the same value PullImage answered (the 1.36 image-id rule).
+    pub image_ref: String,
 }
 
 impl meta_store::Record for ContainerRecord {

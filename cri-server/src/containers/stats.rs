@@ -159,6 +159,47 @@ pub fn sample(rec: &ContainerRecord) -> Sample {
     }
 }
 
+/// The file system a writable layer lives on: its size and inodes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FsCapacity {
+    pub bytes: u64,
+    pub inodes: u64,
+    pub inodes_free: u64,
+}
+
+pub fn fs_capacity(dir: &Path) -> Option<FsCapacity> {
+    let s = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(FsCapacity {
+        bytes: s.blocks() as u64 * s.fragment_size() as u64,
+        inodes: s.files() as u64,
+        inodes_free: s.files_free() as u64,
+    })
+}
+
+/// Open file descriptors of `pids`, and how many of them are sockets.
+pub fn open_files(pids: &[i32]) -> (u64, u64) {
+    let (mut fds, mut sockets) = (0, 0);
+    for pid in pids {
+        let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            fds += 1;
+            if std::fs::read_link(e.path())
+                .is_ok_and(|t| t.as_os_str().as_encoded_bytes().starts_with(b"socket:"))
+            {
+                sockets += 1;
+            }
+        }
+    }
+    (fds, sockets)
+}
+
+/// The processes of a container's cgroup.
+pub fn cgroup_pids(rel: &Path) -> Vec<i32> {
+    Cgroup::at(&Hierarchy::detect(), rel).pids()
+}
+
 /// The stats of one container (blocking: see `sample`).
 pub fn container_stats(rates: &CpuRates, rec: &ContainerRecord) -> cri::ContainerStats {
     let Sample {

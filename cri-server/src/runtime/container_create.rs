@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use image_store::LayerFormat;
 
 use crate::containers::spec::{self, ContainerDirs, ImageFacts};
-use crate::containers::{ContainerRecord, Containers, MountRecord};
+use crate::containers::{ContainerRecord, Containers, MountImage, MountRecord};
 use crate::containers::{devices, image_volumes, wasm};
 use crate::error::{CriError, CriResult, blocking};
 use crate::metadata;
@@ -116,7 +116,11 @@ pub async fn create_container(
         )));
     }
 
-    let (image_volumes, image_volume_layers) = image_volumes::resolve(svc, &cfg.mounts)?;
+    let image_volumes::ResolvedImageVolumes {
+        volumes: image_volumes,
+        chain_ids: image_volume_layers,
+        image_ids: image_volume_ids,
+    } = image_volumes::resolve(svc, &cfg.mounts)?;
     let mut device_nodes = devices::cri_devices(&cfg.devices)?;
     let cdi = devices::resolve_cdi(&svc.config.cdi_spec_dirs, &cdi_device_names(&cfg))?;
 
@@ -241,6 +245,16 @@ pub async fn create_container(
                 readonly: m.readonly,
                 selinux_relabel: m.selinux_relabel,
                 propagation: m.propagation,
+                image: m.image.as_ref().map(|i| MountImage {
+                    image: i.image.clone(),
+                    user_specified_image: i.user_specified_image.clone(),
+                    image_ref: image_volume_ids
+                        .iter()
+                        .find(|(path, _)| *path == m.container_path)
+                        .map(|(_, id)| id.clone())
+                        .unwrap_or_default(),
+                }),
+                image_sub_path: m.image_sub_path.clone(),
             })
             .collect(),
         stop_signal,

@@ -90,6 +90,13 @@ pub fn status_of(
                 readonly: m.readonly,
                 selinux_relabel: m.selinux_relabel,
                 propagation: m.propagation,
+                image: m.image.as_ref().map(|i| cri::ImageSpec {
+                    image: i.image.clone(),
+                    user_specified_image: i.user_specified_image.clone(),
+                    image_ref: i.image_ref.clone(),
+                    ..Default::default()
+                }),
+                image_sub_path: m.image_sub_path.clone(),
                 ..Default::default()
             })
             .collect(),

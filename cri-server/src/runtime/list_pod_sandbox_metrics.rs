@@ -49,7 +49,25 @@ fn pod_sandbox_metrics(svc: &CriService, pod: &PodView) -> cri::PodSandboxMetric
                 namespace: spec.namespace.clone(),
                 pod: spec.name.clone(),
             };
-            Some(metrics::container_metrics(&labels, &sample, started_at_ns))
+            let (file_descriptors, sockets) = sample
+                .spec
+                .as_ref()
+                .and_then(|s| s.cgroup.as_ref())
+                .map_or((0, 0), |c| stats::open_files(&stats::cgroup_pids(&c.path)));
+            let extras = metrics::Extras {
+                file_descriptors,
+                sockets,
+                fs: sample
+                    .spec
+                    .as_ref()
+                    .and_then(|s| stats::fs_capacity(&s.rootfs.upper)),
+            };
+            Some(metrics::container_metrics(
+                &labels,
+                &sample,
+                &extras,
+                started_at_ns,
+            ))
         })
         .collect();
     cri::PodSandboxMetrics {

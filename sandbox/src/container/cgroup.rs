@@ -353,8 +353,10 @@ impl Cgroup {
                 memory_failcnt: field(&events, "max"),
                 pgfault: field(&memory, "pgfault"),
                 pgmajfault: field(&memory, "pgmajfault"),
+                memory_kernel_bytes: field(&memory, "kernel"),
                 oom_kills: field(&events, "oom_kill"),
                 pids: number(read("", "pids.current")),
+                pids_max: number(read("", "pids.max")),
                 processes,
             }
         } else {
@@ -380,11 +382,23 @@ impl Cgroup {
                 memory_failcnt: number(read("memory", "memory.failcnt")),
                 pgfault: field(&memory, "total_pgfault"),
                 pgmajfault: field(&memory, "total_pgmajfault"),
+                memory_kernel_bytes: number(read("memory", "memory.kmem.usage_in_bytes")),
                 oom_kills: field(&read("memory", "memory.oom_control"), "oom_kill"),
                 pids: number(read("pids", "pids.current")),
+                pids_max: number(read("pids", "pids.max")),
                 processes,
             }
         }
+    }
+
+    /// The processes in the cgroup (of its first directory: every v1 hierarchy holds the
+    /// same ones for a container's cgroup).
+    pub fn pids(&self) -> Vec<i32> {
+        self.dirs
+            .first()
+            .and_then(|(_, d)| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+            .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
     }
 
     /// SIGKILLs every process still in the cgroup.
@@ -448,10 +462,13 @@ pub struct CgroupStats {
     pub memory_failcnt: u64,
     pub pgfault: u64,
     pub pgmajfault: u64,
+    /// Kernel memory charged to the cgroup (v1 kmem, v2 `kernel`).
+    pub memory_kernel_bytes: u64,
     /// Processes the kernel's OOM killer killed in this cgroup.
     pub oom_kills: u64,
-    /// Tasks (threads) counted by the pids controller.
+    /// Tasks (threads) counted by the pids controller, and their limit (0: none).
     pub pids: u64,
+    pub pids_max: u64,
     /// Processes (thread-group leaders) in the cgroup itself.
     pub processes: u64,
 }
