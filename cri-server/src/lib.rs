@@ -6,6 +6,7 @@ pub mod client;
 pub mod config;
 pub mod containers;
 pub mod daemon_streaming;
+pub mod deadline;
 pub mod error;
 pub mod image;
 pub mod logging;

@@ -78,6 +78,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let serving = tonic::transport::Server::builder()
         .layer(RpcLogLayer)
+        .layer(crate::deadline::DeadlineLayer)
         .add_service(
             RuntimeServiceServer::new(service.clone())
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)
