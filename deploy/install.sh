@@ -20,14 +20,14 @@ log() { echo "install: $*" >&2; }
 # Debian packages. Runtime: iptables and the CNI plugins. Build: protoc (tonic), clang,
 # libseccomp, and a static libc for the pod init program (sandbox/build.rs). Tests: the registry, skopeo and friends; a static busybox for test rootfs
 # (it conflicts with the dynamic `busybox` package, which the image builder only
-# downloads); the Wasm toolchain for the test modules; containerd + runc for the
-# side-by-side comparisons.
+# downloads); the Wasm toolchain for the test modules. (containerd 2.4 and runc for the
+# side-by-side comparisons, and the kubelet, are built from the Go module proxy by
+# critest/install-containerd.sh and e2e-node/install-kubelet.sh, which deploy/test.sh runs.)
 PACKAGES=(
     protobuf-compiler pkg-config clang lld libseccomp-dev gcc libc6-dev make
     containernetworking-plugins iptables iproute2 util-linux procps kmod
     docker-registry skopeo apache2-utils jq curl python3
     busybox-static wabt wasi-libc
-    containerd runc
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -36,8 +36,8 @@ done
 if ((${#missing[@]})); then
     log "installing Debian packages: ${missing[*]}"
     apt-get update -qq
-    # Keep apt from starting containerd or the registry as services: the tests start their
-    # own instances on their own sockets and ports.
+    # Keep apt from starting the registry as a service: the tests start their own
+    # instances on their own ports.
     own_policy=0
     if [[ ! -e /usr/sbin/policy-rc.d ]]; then
         printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d

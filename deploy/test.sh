@@ -4,8 +4,9 @@
 #   2. formatting and clippy with warnings denied,
 #   3. unit and integration tests (real kernel, registry, CNI plugins, crictl),
 #   4. the fuzz targets (FUZZING.md), each for a bounded time from its seed corpus,
-#   5. the critest conformance suite against a release build of berth, with the
-#      expected-to-pass list enforced, and against containerd for the comparison table.
+#   5. the critest conformance suite (v1.37.0) against a release build of berth, with the
+#      expected-to-pass list enforced, and against containerd 2.4 for the comparison table,
+#   6. a standalone kubelet v1.37.2 on berth: the scenarios of e2e-node/kubelet-scenarios.sh.
 #
 #   deploy/test.sh                  # all of it
 #   deploy/test.sh --no-containerd  # skip the containerd comparison run
@@ -44,7 +45,8 @@ step "release build for critest"
 cargo build --release -p cri-server
 
 if [[ $WITH_CONTAINERD == 1 ]]; then
-    step "critest against containerd 1.6 (comparison columns)"
+    step "critest against containerd 2.4 (comparison columns)"
+    critest/install-containerd.sh
     # The comparison must not decide our result: a containerd failure only leaves its
     # columns as they were.
     critest/run.sh --runtime containerd --no-results || echo "test: the containerd run failed; its columns keep their last values" >&2
@@ -52,6 +54,10 @@ fi
 
 step "critest against berth (expected-to-pass list enforced)"
 critest/run.sh --runtime berth --berth-bin target/release/berth
+
+step "a standalone kubelet on berth (e2e-node/kubelet-scenarios.sh)"
+e2e-node/install-kubelet.sh
+e2e-node/kubelet-scenarios.sh --berth-bin target/release/berth
 
 echo
 echo "cargo tests: ${cargo_passed} passed, ${cargo_failed} failed"
