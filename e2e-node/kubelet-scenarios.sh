@@ -99,10 +99,9 @@ NGINX=registry.k8s.io/e2e-test-images/nginx:1.14-2
 UNUSED_IMAGE=registry.k8s.io/e2e-test-images/httpd:2.4.39-4
 WASM_LOOP=127.0.0.1:5000/berth-test/wasm-loop:compat-smart
 WASM_MEMHOG=127.0.0.1:5000/berth-test/wasm-memhog:compat
-# The sysctls the kubelet's container manager sets (setupKernelTunables).
-KUBELET_SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
-    kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
-KUBELET_CHAINS='^(KUBE-FIREWALL|KUBE-IPTABLES-HINT|KUBE-KUBELET-CANARY)$'
+# record_host and the undo_* functions (KUBELET_SYSCTLS, KUBELET_CHAINS).
+# shellcheck source=e2e-node/lib.sh
+source "$HERE/lib.sh"
 
 log() { echo "kubelet-scenarios: $*" >&2; }
 cri() { crictl --config "$CT_RUN/crictl.yaml" "$@"; }
@@ -358,80 +357,7 @@ kubelet_stop() {
 }
 
 # ---------------------------------------------------------------------------------------
-# Host state before, and the undo at exit
-
-record_host() {
-    local s
-    mkdir -p "$CT_RUN"
-    : >"$CT_RUN/sysctls.before"
-    for s in "${KUBELET_SYSCTLS[@]}"; do echo "$s=$(sysctl -n "$s")" >>"$CT_RUN/sysctls.before"; done
-    for t in filter nat mangle; do
-        iptables -w -t "$t" -S 2>/dev/null | awk -v t="$t" '$1 == "-N" {print "ip4", t, $2}'
-        ip6tables -w -t "$t" -S 2>/dev/null | awk -v t="$t" '$1 == "-N" {print "ip6", t, $2}'
-    done >"$CT_RUN/chains.before"
-    [[ -d /var/log/containers ]] && touch "$CT_RUN/var-log-containers.existed"
-    [[ -d /sys/class/net/$BRIDGE ]] && touch "$CT_RUN/bridge.existed"
-    for s in /sys/fs/cgroup/*/kubepods; do [[ -d $s ]] && echo "$s"; done >"$CT_RUN/kubepods.before"
-    return 0
-}
-
-undo_iptables() {
-    local fam cmd t chain rule
-    for fam in ip4 ip6; do
-        cmd=iptables
-        [[ $fam == ip6 ]] && cmd=ip6tables
-        command -v "$cmd" >/dev/null || continue
-        for t in filter nat mangle; do
-            for chain in $("$cmd" -w -t "$t" -S 2>/dev/null | awk '$1 == "-N" {print $2}' | grep -E "$KUBELET_CHAINS"); do
-                grep -qx "$fam $t $chain" "$CT_RUN/chains.before" 2>/dev/null && continue
-                "$cmd" -w -t "$t" -S 2>/dev/null | grep -E "^-A [A-Z]+ .*-j $chain\$" | while read -r rule; do
-                    # shellcheck disable=SC2086
-                    "$cmd" -w -t "$t" -D ${rule#-A } 2>/dev/null || true
-                done
-                "$cmd" -w -t "$t" -F "$chain" 2>/dev/null
-                "$cmd" -w -t "$t" -X "$chain" 2>/dev/null && log "removed $cmd $t chain $chain"
-            done
-        done
-    done
-}
-
-undo_sysctls() {
-    local name value
-    [[ -f $CT_RUN/sysctls.before ]] || return 0
-    while IFS='=' read -r name value; do
-        [[ -n $value && $(sysctl -n "$name" 2>/dev/null) != "$value" ]] || continue
-        sysctl -qw "$name=$value" && log "restored $name=$value"
-    done <"$CT_RUN/sysctls.before"
-}
-
-# The kubelet's pod and QoS cgroups (cgroupRoot /, cgroupsPerQOS) in every v1 hierarchy.
-undo_cgroups() {
-    local top d
-    for top in /sys/fs/cgroup/*/kubepods; do
-        [[ -d $top ]] || continue
-        grep -qx "$top" "$CT_RUN/kubepods.before" 2>/dev/null && continue
-        # Deepest first; a cgroup with processes left stays (and is reported).
-        find "$top" -depth -type d 2>/dev/null | while read -r d; do rmdir "$d" 2>/dev/null; done
-        if [[ -d $top ]]; then
-            log "could not remove $top: $(find "$top" -name cgroup.procs -exec cat {} + 2>/dev/null | wc -l) process(es) left"
-        else
-            log "removed cgroup $top"
-        fi
-    done
-}
-
-undo_logs_and_network() {
-    local l
-    for l in /var/log/containers/*.log; do
-        [[ -L $l && $(readlink "$l") == "$POD_LOGS"/* ]] && rm -f "$l"
-    done
-    [[ -e $CT_RUN/var-log-containers.existed ]] || rmdir /var/log/containers 2>/dev/null
-    if [[ ! -e $CT_RUN/bridge.existed && -d /sys/class/net/$BRIDGE ]]; then
-        ip link delete "$BRIDGE" 2>/dev/null && log "removed CNI bridge $BRIDGE"
-    fi
-    rm -rf "/var/lib/cni/networks/$CNI_NET"
-    rm -f /var/lib/cni/results/"$CNI_NET"-* 2>/dev/null
-}
+# The undo at exit (record_host and the undo_* functions are in lib.sh)
 
 cleanup() {
     local rc=$?
@@ -450,11 +376,7 @@ cleanup() {
     fi
     [[ -n ${BERTH_PID:-} ]] && ct_kill_pid "$BERTH_PID" 15
     [[ -f $CT_RUN/berth.pid ]] && ct_kill_pid "$(cat "$CT_RUN/berth.pid")" 15
-    ct_kill_rooted_under "$CT_LIB/berth" "$CT_RUN/berth-state"
-    undo_cgroups
-    undo_iptables
-    undo_sysctls
-    undo_logs_and_network
+    undo_host
     ct_wipe_dir "$KUBELET_ROOT"
     ct_wipe_dir "$CT_LIB"
     ct_wipe_dir "$CT_RUN"
