@@ -302,24 +302,6 @@ ALL_PODS=(native wasm-mixed probes crash oom oom-wasm stream removable)
 # ---------------------------------------------------------------------------------------
 # berth and the kubelet
 
-berth_start() {
-    local bin=$CT_RUN/berth
-    install -m 0755 "$BERTH_BIN" "$bin"
-    cp "$HERE/cni-template.json" "$CT_RUN/cni-template.json"
-    # critest's berth config (mirrors, insecure local registries, private dirs), with the
-    # CNI network rendered from our template when the kubelet sends the pod CIDR.
-    ct_berth_config | sed "/^\[cni\]\$/a conf_template = \"$CT_RUN/cni-template.json\"" >"$CT_RUN/berth.toml"
-    "$bin" config check --config "$CT_RUN/berth.toml" >/dev/null || { log "berth rejects $CT_RUN/berth.toml"; return 1; }
-    mkdir -p "$CT_CNI_DIR"
-    printf 'runtime-endpoint: %s\nimage-endpoint: %s\ntimeout: 30\n' "$EP" "$EP" >"$CT_RUN/crictl.yaml"
-    rm -f "$SOCK"
-    ct_launch berth "$CT_RUN/berth.pid" "$SOCK" 30 \
-        "$bin" serve --config "$CT_RUN/berth.toml" --socket "$SOCK" --root "$CT_LIB/berth" \
-        --state "$CT_RUN/berth-state" || return 1
-    BERTH_PID=$CT_PID
-    log "berth $("$bin" --version) ($BERTH_BIN) serving $EP (pid $BERTH_PID, log $CT_LOGS/berth.log)"
-}
-
 # The kubelet config from e2e-node/kubelet-config.yaml; "gc" gives an aggressive image GC.
 kubelet_config() { # normal|gc
     local gc_high=100 gc_low=80 gc_age=2m gc_imagefs=2%

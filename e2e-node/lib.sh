@@ -7,6 +7,7 @@
 #   KUBELET_CHAINS    an ERE of the iptables chains it creates
 #   BRIDGE, CNI_NET   the CNI bridge and network name of the run's conflist
 #   POD_LOGS          the kubelet's podLogsDir (its /var/log/containers links point there)
+#   BERTH_BIN, SOCK, EP  the berth binary, its socket and endpoint (berth_start)
 #   KUBE_CGROUP_TOP   the kubelet's top cgroup below each hierarchy: `kubepods` for
 #                     cgroupRoot / (the default), the cgroupRoot's first element otherwise
 # and log() for messages.
@@ -23,6 +24,27 @@ KUBELET_SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_
 KUBELET_CHAINS='^(KUBE-FIREWALL|KUBE-IPTABLES-HINT|KUBE-KUBELET-CANARY)$'
 
 KUBE_CGROUP_TOP=${KUBE_CGROUP_TOP:-kubepods}
+E2E_NODE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+# A private berth: critest's config (mirrors, insecure local registries, private dirs) with
+# the CNI network rendered from cni-template.json (bridge $BRIDGE, network $CNI_NET) when
+# the kubelet sends the pod CIDR; a crictl config for it. Sets BERTH_PID.
+berth_start() {
+    local bin=$CT_RUN/berth
+    install -m 0755 "$BERTH_BIN" "$bin"
+    sed -e "s/\"berthk0\"/\"$BRIDGE\"/; s/\"berth-kubelet-test\"/\"$CNI_NET\"/" \
+        "$E2E_NODE_DIR/cni-template.json" >"$CT_RUN/cni-template.json"
+    ct_berth_config | sed "/^\[cni\]\$/a conf_template = \"$CT_RUN/cni-template.json\"" >"$CT_RUN/berth.toml"
+    "$bin" config check --config "$CT_RUN/berth.toml" >/dev/null || { log "berth rejects $CT_RUN/berth.toml"; return 1; }
+    mkdir -p "$CT_CNI_DIR"
+    printf 'runtime-endpoint: %s\nimage-endpoint: %s\ntimeout: 30\n' "$EP" "$EP" >"$CT_RUN/crictl.yaml"
+    rm -f "$SOCK"
+    ct_launch berth "$CT_RUN/berth.pid" "$SOCK" 30 \
+        "$bin" serve --config "$CT_RUN/berth.toml" --socket "$SOCK" --root "$CT_LIB/berth" \
+        --state "$CT_RUN/berth-state" || return 1
+    BERTH_PID=$CT_PID
+    log "berth $("$bin" --version) ($BERTH_BIN) serving $EP (pid $BERTH_PID, log $CT_LOGS/berth.log)"
+}
 
 # PIDs of kubelets running on the host (ours too until it is stopped).
 kubelet_pids() {
