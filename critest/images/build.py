@@ -412,10 +412,15 @@ def build_linux_images(oci, work, debs):
                                                    "1.35.0-glibc")],
           [single_file("benchmark-image")], linux_config(cmd=["sh"]))
 
-    # registry.k8s.io/pause:*: a sandbox image for runtimes that want one.
-    image([f"pause:{t}" for t in ("3.6", "3.9", "3.10")],
-          [single_file("pause", compile_c(work, "pause", PAUSE_C), 0o755)],
+    # registry.k8s.io/pause:*: a sandbox image for runtimes that want one. 3.10 (the
+    # comparison containerd's sandbox image) is an image of its own: critest removes the
+    # 3.6/3.9 tags in "remove all tags" and expects no other name for the same image.
+    pause_layer = single_file("pause", compile_c(work, "pause", PAUSE_C), 0o755)
+    image([f"pause:{t}" for t in ("3.6", "3.9")], [pause_layer],
           linux_config(entrypoint=["/pause"]))
+    sandbox = linux_config(entrypoint=["/pause"])
+    sandbox["config"]["Labels"]["io.berth.test-image.role"] = "sandbox"
+    image(["pause:3.10"], [pause_layer], sandbox)
 
     # gcr.io/k8s-staging-cri-tools/*: image-manager images, each a distinct image ID.
     staging = "k8s-staging-cri-tools/"
