@@ -11,7 +11,9 @@ imported, not copied) into one OCI layout, and pushed to the local registry 127.
   (e2e-node/install-node-e2e.sh puts it in the prefix) on the base layer, laid out as the
   upstream image: /agnhost, /agnhost-2 -> agnhost, /uploads, /localhost.{crt,key} (from the
   module), user-defined-in-image (uid 1000) in group-defined-in-image (gid 50000),
-  Entrypoint ["/agnhost"], Cmd ["pause"]; plus a `curl` script over busybox wget.
+  Entrypoint ["/agnhost"], Cmd ["pause"]; plus a `curl` script over busybox wget and the
+  `nmeter` of the busybox stand-in (upstream's Alpine busybox has one; the container
+  lifecycle specs run their logging command in agnhost too).
 - Reproducible like critest's: fixed tar order, owners, mtimes; gzip mtime 0.
 
 Each manifest is named `<repository>:<tag>` as it is in the registry (no host), e.g.
@@ -52,6 +54,52 @@ exec wget -q -O - --no-check-certificate "$url"
 """
 
 
+# busybox's nmeter, which Debian's busybox lacks: e2e_node's container lifecycle specs log
+# `date -u +%FT$(nmeter -d0 '%3t' | head -n1)Z`. Only the time field (%t, %Nt) is done.
+NMETER_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    long delay_ms = 1000;
+    int decimals = 0;
+    const char *fmt = "%t";
+    for (int i = 1; i < argc; i++) {
+        if (strncmp(argv[i], "-d", 2) == 0)
+            delay_ms = atol(argv[i][2] ? argv[i] + 2 : (i + 1 < argc ? argv[++i] : "1000"));
+        else
+            fmt = argv[i];
+    }
+    const char *p = strchr(fmt, '%');
+    if (p && p[1] >= '1' && p[1] <= '6')
+        decimals = p[1] - '0';
+    for (;;) {
+        struct timespec ts;
+        struct tm tm;
+        char hms[32];
+        clock_gettime(CLOCK_REALTIME, &ts);
+        localtime_r(&ts.tv_sec, &tm);
+        strftime(hms, sizeof hms, "%H:%M:%S", &tm);
+        if (decimals) {
+            long frac = ts.tv_nsec;
+            for (int k = decimals; k < 9; k++)
+                frac /= 10;
+            printf("%s.%0*ld\n", hms, decimals, frac);
+        } else {
+            printf("%s\n", hms);
+        }
+        if (fflush(stdout) == EOF)
+            return 0;
+        if (delay_ms > 0)
+            usleep(delay_ms * 1000);
+    }
+}
+"""
+
+
 def agnhost_tree(binary):
     t = cb.Tree()
     t.put("agnhost", cb.read(binary), 0o755)
@@ -87,8 +135,9 @@ def build(out, agnhost, work):
         config["history"] = [{"created": cb.CREATED, "created_by": "e2e-node/images.py"}]
         oci.publish(refs, config, layers, ids, linux)
 
-    # BusyBox (the default image of e2e_node and e2e/common).
-    image([E2E + "busybox:1.37.0-2"], [], cb.linux_config(cmd=["sh"]))
+    # BusyBox (the default image of e2e_node and e2e/common), with an nmeter.
+    nmeter = cb.single_file("bin/nmeter", cb.compile_c(work, "nmeter", NMETER_C), 0o755)
+    image([E2E + "busybox:1.37.0-2"], [nmeter], cb.linux_config(cmd=["sh"]))
     # Pause: also run as an ordinary container by a few specs.
     image(["pause:3.10.2"], [cb.single_file("pause", cb.compile_c(work, "pause", cb.PAUSE_C), 0o755)],
           cb.linux_config(entrypoint=["/pause"]))
@@ -111,7 +160,7 @@ def build(out, agnhost, work):
     image([E2E + "ipc-utils:1.4"], [], cb.linux_config(cmd=["sh"]))
     # Agnhost and AgnhostPrev (the same v1.37.2 binary under both tags).
     if agnhost:
-        image([E2E + "agnhost:2.66.1", E2E + "agnhost:2.55"], [agnhost_tree(agnhost)],
+        image([E2E + "agnhost:2.66.1", E2E + "agnhost:2.55"], [nmeter, agnhost_tree(agnhost)],
               cb.linux_config(entrypoint=["/agnhost"], cmd=["pause"],
                               ports=["80/tcp", "8080/tcp", "8081/tcp", "9376/tcp", "5000/tcp"]))
     oci.finish()

@@ -2,7 +2,7 @@
 # The host side of running a kubelet, shared by kubelet-scenarios.sh and run.sh: what the
 # kubelet changes on the host is recorded before it starts (record_host) and undone at exit.
 # Source it after critest/lib.sh; the functions read, when called:
-#   CT_RUN            the run dir (records: sysctls.before, chains.before, ...)
+#   CT_RUN            the run dir (records: kubepods.before, bridge.existed, ...)
 #   KUBELET_SYSCTLS   the sysctls the kubelet's container manager sets
 #   KUBELET_CHAINS    an ERE of the iptables chains it creates
 #   BRIDGE, CNI_NET   the CNI bridge and network name of the run's conflist
@@ -15,8 +15,10 @@
 # Two harnesses at once (kubelet-scenarios.sh beside run.sh, say): the kubelets must not
 # share a cgroupRoot (each kills the pods it finds under its own kubepods cgroup and does
 # not know, every 2 s), and the sysctls and iptables chains are the host's, not a run's:
-# they are neither recorded nor restored while another kubelet is running, and the chains
-# of a run are removed only when no other kubelet is left.
+# they are recorded in $HOST_RECORD by a harness that starts while no kubelet runs, kept
+# by one that starts beside another kubelet, and restored (chains removed, the record
+# deleted) by the one that ends when no other kubelet is left.
+HOST_RECORD=/run/berth-kubelet-host
 
 # The sysctls the kubelet's container manager sets (setupKernelTunables).
 KUBELET_SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
@@ -57,17 +59,17 @@ kubelet_pids() {
 record_host() {
     local s others
     mkdir -p "$CT_RUN"
-    : >"$CT_RUN/sysctls.before"
     others=$(kubelet_pids | tr '\n' ' ')
     if [[ -n $others ]]; then
-        log "another kubelet is running (pid ${others% }): the sysctls are its values, not recorded"
+        log "another kubelet is running (pid ${others% }): the host's sysctls and chains as recorded before it ($HOST_RECORD) stay the reference"
     else
-        for s in "${KUBELET_SYSCTLS[@]}"; do echo "$s=$(sysctl -n "$s")" >>"$CT_RUN/sysctls.before"; done
+        mkdir -p "$HOST_RECORD"
+        for s in "${KUBELET_SYSCTLS[@]}"; do echo "$s=$(sysctl -n "$s")"; done >"$HOST_RECORD/sysctls.before"
+        for t in filter nat mangle; do
+            iptables -w -t "$t" -S 2>/dev/null | awk -v t="$t" '$1 == "-N" {print "ip4", t, $2}'
+            ip6tables -w -t "$t" -S 2>/dev/null | awk -v t="$t" '$1 == "-N" {print "ip6", t, $2}'
+        done >"$HOST_RECORD/chains.before"
     fi
-    for t in filter nat mangle; do
-        iptables -w -t "$t" -S 2>/dev/null | awk -v t="$t" '$1 == "-N" {print "ip4", t, $2}'
-        ip6tables -w -t "$t" -S 2>/dev/null | awk -v t="$t" '$1 == "-N" {print "ip6", t, $2}'
-    done >"$CT_RUN/chains.before"
     [[ -d /var/log/containers ]] && touch "$CT_RUN/var-log-containers.existed"
     [[ -d /sys/class/net/$BRIDGE ]] && touch "$CT_RUN/bridge.existed"
     for s in /sys/fs/cgroup/*/"$KUBE_CGROUP_TOP"; do [[ -d $s ]] && echo "$s"; done >"$CT_RUN/kubepods.before"
@@ -87,7 +89,7 @@ undo_iptables() {
         command -v "$cmd" >/dev/null || continue
         for t in filter nat mangle; do
             for chain in $("$cmd" -w -t "$t" -S 2>/dev/null | awk '$1 == "-N" {print $2}' | grep -E "$KUBELET_CHAINS"); do
-                grep -qx "$fam $t $chain" "$CT_RUN/chains.before" 2>/dev/null && continue
+                grep -qx "$fam $t $chain" "$HOST_RECORD/chains.before" 2>/dev/null && continue
                 "$cmd" -w -t "$t" -S 2>/dev/null | grep -E "^-A [A-Z]+ .*-j $chain\$" | while read -r rule; do
                     # shellcheck disable=SC2086
                     "$cmd" -w -t "$t" -D ${rule#-A } 2>/dev/null || true
@@ -101,7 +103,7 @@ undo_iptables() {
 
 undo_sysctls() {
     local name value others
-    [[ -f $CT_RUN/sysctls.before ]] || return 0
+    [[ -f $HOST_RECORD/sysctls.before ]] || return 0
     others=$(kubelet_pids | tr '\n' ' ')
     if [[ -n $others ]]; then
         log "another kubelet is running (pid ${others% }): the sysctls stay as it set them"
@@ -110,7 +112,7 @@ undo_sysctls() {
     while IFS='=' read -r name value; do
         [[ -n $value && $(sysctl -n "$name" 2>/dev/null) != "$value" ]] || continue
         sysctl -qw "$name=$value" && log "restored $name=$value"
-    done <"$CT_RUN/sysctls.before"
+    done <"$HOST_RECORD/sysctls.before"
 }
 
 # The kubelet's pod and QoS cgroups (cgroupsPerQOS) in every v1 hierarchy: kubepods for
@@ -150,5 +152,7 @@ undo_host() {
     undo_cgroups
     undo_iptables
     undo_sysctls
+    # The last harness out deletes the host record.
+    [[ -n $(kubelet_pids) ]] || rm -rf "$HOST_RECORD"
     undo_logs_and_network
 }

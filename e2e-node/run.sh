@@ -22,8 +22,8 @@
 #              quay.io (and k8s.gcr.io, public.ecr.aws) mirrored to http://127.0.0.1:5000
 #              with mirrors_only, so no pull leaves the machine; CNI network rendered from
 #              cni-template.json (bridge berthn0) when the kubelet sends its pod CIDR
-#   e2e_node.test (install-node-e2e.sh) under ginkgo, in the work dir
-#              /var/lib/berth-node-e2e/work; it runs etcd, the API server and the namespace
+#   e2e_node.test (install-node-e2e.sh) under ginkgo, linked with the kubelet into the
+#              work dir /var/lib/berth-node-e2e/work (ginkgo runs it there); it runs etcd, the API server and the namespace
 #              controller in-process and starts the kubelet of install-kubelet.sh (the
 #              `kubelet` beside e2e_node.test; --k8s-bin-dir is a flag of the remote
 #              runner only) with e2e-node/node-e2e-kubelet-config.yaml as its base
@@ -174,8 +174,8 @@ run_pids() {
     for p in /proc/[0-9]*; do
         cmd=$({ tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null) || continue
         case $cmd in
-        "$KUBE_BIN/kubelet "*"$WORK/kubelet-config"*) echo "${p#/proc/}" ;;
-        "$KUBE_BIN/e2e_node.test "* | *"/e2e_node.test "*"--container-runtime-endpoint=$EP"*) echo "${p#/proc/}" ;;
+        "$WORK/kubelet "*) echo "${p#/proc/}" ;;
+        "$WORK/e2e_node.test "* | "$KUBE_BIN/e2e_node.test --run-services-mode "*) echo "${p#/proc/}" ;;
         "$KUBE_BIN/ginkgo "*) echo "${p#/proc/}" ;;
         esac
     done
@@ -198,9 +198,12 @@ run_suite() {
     if ((DRY_RUN)); then
         ginkgo_flags+=(--dry-run)
     fi
+    # ginkgo runs a compiled suite in the suite's dir, where e2e_node.test writes its
+    # kubeconfig, kubelet-config, static-pods* ... and looks for the kubelet: links in WORK.
+    ln -sf "$KUBE_BIN/e2e_node.test" "$KUBE_BIN/kubelet" "$WORK/"
     log "ginkgo ${ginkgo_flags[*]} e2e_node.test -- ${test_flags[*]}"
     (cd "$WORK" && exec env PATH="$path" KUBE_TEST_REPO_LIST="$CT_RUN/repo-list.yaml" \
-        "$KUBE_BIN/ginkgo" "${ginkgo_flags[@]}" "$KUBE_BIN/e2e_node.test" -- "${test_flags[@]}") \
+        "$KUBE_BIN/ginkgo" "${ginkgo_flags[@]}" "$WORK/e2e_node.test" -- "${test_flags[@]}") \
         >"$CT_LOGS/ginkgo.log" 2>&1 </dev/null &
     GINKGO_PID=$!
     wait "$GINKGO_PID"
