@@ -42,8 +42,8 @@ pub struct AttachRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortForwardRequest {
     pub pod_id: String,
-    /// Advisory: the ports the client said it would use. Each forwarded connection names
-    /// its port itself.
+    /// The ports the client asked for: advisory over SPDY (each forwarded connection names
+    /// its port itself); over WebSocket channels, the ports when the URL's query names none.
     pub ports: Vec<u16>,
 }
 

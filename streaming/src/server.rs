@@ -382,12 +382,23 @@ where
             .contains(&websocket::SPDY_TUNNEL_PROTOCOL)
     {
         // The channel protocol of the kubelet's own streaming server: the ports are in
-        // the query, one data and one error channel each.
+        // the query, one data and one error channel each. A kubelet that proxies such a
+        // request sends the ports in the PortForward call instead (the URL it gets back
+        // replaces the query).
         let ports: Result<Vec<u16>, _> = head
             .query_values("port")
             .iter()
-            .map(|p| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or(*p))
+            .map(|p| {
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or(p.to_string())
+            })
             .collect();
+        let ports = match ports {
+            Ok(p) if p.is_empty() => Ok(req.ports.clone()),
+            other => other,
+        };
         let ports = match ports {
             Ok(p) if !p.is_empty() && p.len() <= websocket::MAX_FORWARDED_PORTS => p,
             Ok(_) => {

@@ -715,15 +715,25 @@ async fn port_forward_over_websocket_channels_with_ports_in_the_query() {
     drop(closed);
 
     let s = server(|_| {}).await;
-    for protocol in ["v4.channel.k8s.io", ""] {
+    // The ports in the query, or (as a kubelet proxying such a request sends them) in the
+    // PortForward request.
+    for (protocol, in_query) in [("v4.channel.k8s.io", true), ("", true), ("", false)] {
         let url = s
             .port_forward(PortForwardRequest {
                 pod_id: "pod".into(),
-                ports: vec![],
+                ports: if in_query {
+                    vec![]
+                } else {
+                    vec![port, closed_port]
+                },
             })
             .await
             .unwrap();
-        let url = format!("{url}?port={port}&port={closed_port}");
+        let url = if in_query {
+            format!("{url}?port={port}&port={closed_port}")
+        } else {
+            url
+        };
         let mut req = url
             .replace("http://", "ws://")
             .into_client_request()
