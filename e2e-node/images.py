@@ -11,7 +11,8 @@ imported, not copied) into one OCI layout, and pushed to the local registry 127.
   (e2e-node/install-node-e2e.sh puts it in the prefix) on the base layer, laid out as the
   upstream image: /agnhost, /agnhost-2 -> agnhost, /uploads, /localhost.{crt,key} (from the
   module), user-defined-in-image (uid 1000) in group-defined-in-image (gid 50000),
-  Entrypoint ["/agnhost"], Cmd ["pause"]; plus a `curl` script over busybox wget and the
+  Entrypoint ["/agnhost"], Cmd ["pause"]; plus a `curl` script over busybox wget, a `bash`
+  that runs busybox ash, and the
   `nmeter` of the busybox stand-in (upstream's Alpine busybox has one; the container
   lifecycle specs run their logging command in agnhost too).
 - Reproducible like critest's: fixed tar order, owners, mtimes; gzip mtime 0.
@@ -110,6 +111,8 @@ def agnhost_tree(binary):
     for f in ("localhost.crt", "localhost.key"):
         t.put(f, cb.read(os.path.join(porter, f)))
     t.put("usr/bin/curl", CURL, 0o755)
+    # Upstream installs bash; probe specs run `/bin/bash -c` scripts that ash runs as well.
+    t.put("bin/bash", "#!/bin/sh\n# bash stand-in (e2e-node/images.py): busybox ash.\nexec /bin/sh \"$@\"\n", 0o755)
     t.put("etc/passwd", cb.ETC_PASSWD +
           "user-defined-in-image:x:1000:1000:Linux User,,,:/home/user-defined-in-image:/bin/sh\n")
     t.put("etc/group", cb.ETC_GROUP +

@@ -12,6 +12,10 @@
 #   --nodes N        ginkgo parallel processes (default 1, as upstream's local runs)
 #   --dry-run        list the specs the focus/skip select, start nothing
 #   --timeout D      ginkgo's suite timeout (default 2h)
+#   --cgroup-root P  the kubelet's cgroupRoot (default /berth-node-e2e, so that another
+#                    kubelet on the host, kubelet-scenarios.sh's, does not kill our pods as
+#                    orphans nor we its; `/` as upstream, for the Kubelet Cgroup Manager
+#                    specs, which look for /kubepods, when no other kubelet runs)
 #   --berth-bin PATH the berth binary (default target/release/berth, else /opt/berth-h/berth)
 #
 # What it starts:
@@ -49,9 +53,9 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$HERE")
 OUT=$HERE/out/node-e2e
 export CT_RUN=/run/berth-node-e2e CT_LIB=/var/lib/berth-node-e2e CT_LOGS=$OUT/logs
-# The kubelet's cgroupRoot (/berth-node-e2e/kubepods/...), apart from any other kubelet's.
+# The kubelet's cgroupRoot (/berth-node-e2e/kubepods/...), apart from any other kubelet's;
+# --cgroup-root / for upstream's (the Kubelet Cgroup Manager specs look for /kubepods).
 CGROUP_ROOT=berth-node-e2e
-KUBE_CGROUP_TOP=$CGROUP_ROOT
 # shellcheck source=critest/lib.sh
 source "$REPO/critest/lib.sh"
 # shellcheck source=e2e-node/lib.sh
@@ -72,6 +76,7 @@ while (($#)); do
     --nodes) NODES=$2; shift 2 ;;
     --timeout) TIMEOUT=$2; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
+    --cgroup-root) CGROUP_ROOT=${2#/}; shift 2 ;;
     --) shift; EXTRA=("$@"); break ;;
     -h | --help) awk 'NR > 1 && /^#/ {print; next} NR > 1 {exit}' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
@@ -79,6 +84,7 @@ while (($#)); do
 done
 
 KUBE_BIN=$("$HERE/install-node-e2e.sh" --print-prefix)/bin
+KUBE_CGROUP_TOP=${CGROUP_ROOT:-kubepods} # what undo_cgroups removes (lib.sh)
 NODE=$(hostname)
 POD_CIDR=10.90.0.0/24
 BRIDGE=berthn0
@@ -159,6 +165,7 @@ EOF
 # with its parent's cpus and mems, as a new v1 cpuset starts empty). undo_cgroups removes it.
 make_cgroup_root() {
     local h
+    [[ -n $CGROUP_ROOT ]] || return 0
     for h in /sys/fs/cgroup/*; do
         [[ -d $h && ! -L $h ]] || continue
         mkdir -p "$h/$CGROUP_ROOT" || return 1
