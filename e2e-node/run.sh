@@ -92,7 +92,7 @@ CNI_NET=berth-node-e2e
 SOCK=$CT_RUN/berth.sock
 EP=unix://$SOCK
 WORK=$CT_LIB/work
-POD_LOGS=$CT_LIB/pod-logs
+POD_LOGS=/var/log/pods # the kubelet's default, which the ContainerLogPath specs assume
 KUBELET_ROOT=/var/lib/kubelet # services.KubeletRootDirectory, not a flag
 REPORT=$OUT/report
 MIRROR_HOST=127.0.0.1:5000
@@ -117,7 +117,7 @@ prepare() {
         "$REPO/critest/registry.sh" start || return 1
     fi
     python3 "$HERE/images.py" --push >/dev/null || { log "images.py --push failed"; return 1; }
-    mkdir -p "$CT_RUN" "$CT_LIB" "$CT_LOGS" "$WORK" "$POD_LOGS" "$REPORT"
+    mkdir -p "$CT_RUN" "$CT_LIB" "$CT_LOGS" "$WORK" "$REPORT"
 }
 
 # A PATH without systemd-run, systemctl and journalctl (see the header).
@@ -267,6 +267,9 @@ cleanup_leftovers() {
 # /var/lib/kubelet/device-plugins, whatever its root dir): what was in it stays, what the
 # run added goes.
 record_kubelet_root() {
+    # The pod log dirs of this run's pods go at exit, the others stay.
+    ls -A "$POD_LOGS" 2>/dev/null >"$CT_RUN/pod-logs.before"
+    [[ -d $POD_LOGS ]] || : >"$CT_RUN/pod-logs.created"
     if [[ -d $KUBELET_ROOT ]]; then
         ls -A "$KUBELET_ROOT" >"$CT_RUN/kubelet-root.before"
     else
@@ -275,6 +278,13 @@ record_kubelet_root() {
 }
 undo_kubelet_root() {
     local e
+    if [[ -f $CT_RUN/pod-logs.before ]]; then
+        for e in "$POD_LOGS"/*; do
+            [[ -e $e ]] || continue
+            grep -qxF "${e##*/}" "$CT_RUN/pod-logs.before" || rm -rf "$e"
+        done
+        [[ -f $CT_RUN/pod-logs.created ]] && rmdir "$POD_LOGS" 2>/dev/null
+    fi
     if [[ -f $CT_RUN/kubelet-root.created ]]; then
         ct_wipe_dir "$KUBELET_ROOT"
     elif [[ -f $CT_RUN/kubelet-root.before ]]; then
