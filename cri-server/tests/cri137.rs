@@ -97,14 +97,15 @@ async fn metrics_describe_and_report_cadvisors_series_with_pod_network() {
     let (pod, parent) = pod_with_parent("metrics", logs.path());
     let mut rt = d.runtime().await;
     let pod_id = run_pod(&mut rt, &pod).await;
-    let id = create_and_start(
-        &mut rt,
-        &pod_id,
-        &pod,
-        container("app", &["sleep", "60"], vec![]),
-    )
-    .await
-    .unwrap();
+    let mut app = container("app", &["sleep", "60"], vec![]);
+    app.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 80_000_000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = create_and_start(&mut rt, &pod_id, &pod, app).await.unwrap();
 
     let descriptors = rt
         .list_metric_descriptors(cri::ListMetricDescriptorsRequest {})
@@ -174,6 +175,8 @@ async fn metrics_describe_and_report_cadvisors_series_with_pod_network() {
     assert!(value("container_file_descriptors") >= 3);
     assert!(value("container_fs_inodes_total") > 0);
     assert!(value("container_fs_limit_bytes") > 0);
+    // The limit as the kernel holds it: rounded down to whole pages, as cAdvisor shows it.
+    assert_eq!(value("container_spec_memory_limit_bytes"), 79_998_976);
     let rx = ours
         .metrics
         .iter()
@@ -203,8 +206,20 @@ async fn metrics_describe_and_report_cadvisors_series_with_pod_network() {
         .into_inner()
         .stats
         .unwrap();
-    let net = stats.linux.unwrap().network.expect("pod network stats");
+    let linux = stats.linux.unwrap();
+    let net = linux.network.clone().expect("pod network stats");
     assert_eq!(net.default_interface.unwrap().name, "eth0");
+    // Memory as the Summary API wants it: faults, and what is left under a limit.
+    let c = linux
+        .containers
+        .iter()
+        .find(|c| c.attributes.as_ref().unwrap().id == id)
+        .unwrap();
+    let memory = c.memory.unwrap();
+    assert!(memory.page_faults.unwrap().value > 0, "{memory:?}");
+    assert!(memory.major_page_faults.is_some(), "{memory:?}");
+    let available = memory.available_bytes.unwrap().value;
+    assert!(available > 0 && available < 80_000_000, "{memory:?}");
 
     remove_pod(&mut rt, &pod_id).await;
     remove_cgroup_parent(&parent);

@@ -517,7 +517,12 @@ pub fn container_metrics(
     {
         // cAdvisor reports 0 for "no limit"; so does berth.
         let positive = |v: Option<i64>| v.filter(|v| *v > 0).unwrap_or(0) as u64;
-        s.push(&SPEC_MEMORY_LIMIT, &[], positive(res.memory_limit_bytes));
+        // The limit as the kernel holds it (rounded down to pages), as cAdvisor reads it.
+        let memory_limit = match sample.cgroup.memory_limit_bytes {
+            0 => positive(res.memory_limit_bytes),
+            kernel => kernel,
+        };
+        s.push(&SPEC_MEMORY_LIMIT, &[], memory_limit);
         s.push(
             &SPEC_MEMORY_SWAP_LIMIT,
             &[],

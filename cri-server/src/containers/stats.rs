@@ -92,8 +92,18 @@ fn cpu(rates: &CpuRates, key: &str, at: i64, s: &CgroupStats) -> cri::CpuUsage {
 }
 
 fn memory(at: i64, s: &CgroupStats) -> cri::MemoryUsage {
+    let value = |value| Some(cri::UInt64Value { value });
     cri::MemoryUsage {
         timestamp: at,
+        // What may still be used before the limit: only meaningful under one.
+        available_bytes: (s.memory_limit_bytes > 0)
+            .then(|| {
+                s.memory_limit_bytes
+                    .saturating_sub(s.memory_working_set_bytes)
+            })
+            .and_then(value),
+        page_faults: value(s.pgfault),
+        major_page_faults: value(s.pgmajfault),
         working_set_bytes: Some(cri::UInt64Value {
             value: s.memory_working_set_bytes,
         }),

@@ -354,6 +354,7 @@ impl Cgroup {
                 pgfault: field(&memory, "pgfault"),
                 pgmajfault: field(&memory, "pgmajfault"),
                 memory_kernel_bytes: field(&memory, "kernel"),
+                memory_limit_bytes: number(read("", "memory.max")),
                 oom_kills: field(&events, "oom_kill"),
                 pids: number(read("", "pids.current")),
                 pids_max: number(read("", "pids.max")),
@@ -383,6 +384,10 @@ impl Cgroup {
                 pgfault: field(&memory, "total_pgfault"),
                 pgmajfault: field(&memory, "total_pgmajfault"),
                 memory_kernel_bytes: number(read("memory", "memory.kmem.usage_in_bytes")),
+                // v1 says "no limit" with the largest page-aligned value.
+                memory_limit_bytes: Some(number(read("memory", "memory.limit_in_bytes")))
+                    .filter(|l| *l < V1_NO_LIMIT)
+                    .unwrap_or(0),
                 oom_kills: field(&read("memory", "memory.oom_control"), "oom_kill"),
                 pids: number(read("pids", "pids.current")),
                 pids_max: number(read("pids", "pids.max")),
@@ -464,6 +469,8 @@ pub struct CgroupStats {
     pub pgmajfault: u64,
     /// Kernel memory charged to the cgroup (v1 kmem, v2 `kernel`).
     pub memory_kernel_bytes: u64,
+    /// The memory limit as the kernel holds it (rounded to pages); 0 for none.
+    pub memory_limit_bytes: u64,
     /// Processes the kernel's OOM killer killed in this cgroup.
     pub oom_kills: u64,
     /// Tasks (threads) counted by the pids controller, and their limit (0: none).
@@ -472,6 +479,10 @@ pub struct CgroupStats {
     /// Processes (thread-group leaders) in the cgroup itself.
     pub processes: u64,
 }
+
+/// v1's `memory.limit_in_bytes` when no limit is set is `PAGE_COUNTER_MAX` pages, a value
+/// near 2^63; anything this large is no limit.
+const V1_NO_LIMIT: u64 = 1 << 62;
 
 /// The value of `name` in a flat-keyed file such as memory.stat (`name value` lines).
 fn stat_field(text: &str, name: &str) -> u64 {
