@@ -36,7 +36,10 @@ berth_start() {
     install -m 0755 "$BERTH_BIN" "$bin"
     sed -e "s/\"berthk0\"/\"$BRIDGE\"/; s/\"berth-kubelet-test\"/\"$CNI_NET\"/" \
         "$E2E_NODE_DIR/cni-template.json" >"$CT_RUN/cni-template.json"
-    ct_berth_config | sed "/^\[cni\]\$/a conf_template = \"$CT_RUN/cni-template.json\"" >"$CT_RUN/berth.toml"
+    # node e2e's RuntimeClass specs use a handler named test-handler (as containerd's CI
+    # configures it); a top-level key, so before the tables.
+    { echo 'extra_runtime_handlers = ["test-handler"]'; ct_berth_config; } |
+        sed "/^\[cni\]\$/a conf_template = \"$CT_RUN/cni-template.json\"" >"$CT_RUN/berth.toml"
     "$bin" config check --config "$CT_RUN/berth.toml" >/dev/null || { log "berth rejects $CT_RUN/berth.toml"; return 1; }
     mkdir -p "$CT_CNI_DIR"
     printf 'runtime-endpoint: %s\nimage-endpoint: %s\ntimeout: 30\n' "$EP" "$EP" >"$CT_RUN/crictl.yaml"

@@ -135,8 +135,8 @@ path_without_systemd() {
     echo "$bin"
 }
 
-# berth_start (lib.sh), then: berth has no configurable runtime handlers; the RuntimeClass
-# specs want `test-handler`.
+# berth_start (lib.sh) configures `test-handler` (extra_runtime_handlers), which the
+# RuntimeClass specs use; say so if the berth under test does not offer it.
 check_test_handler() {
     cri info 2>/dev/null | jq -e '.runtimeHandlers[]? | select(.name == "test-handler")' >/dev/null ||
         log "berth offers no runtime handler 'test-handler' (handlers: $(cri info 2>/dev/null |

@@ -24,6 +24,9 @@ pub struct Config {
     /// Where CDI device specs are read, in order; a later directory's spec of the same
     /// kind wins (CDI's rule: /var/run/cdi, written by drivers, over /etc/cdi).
     pub cdi_spec_dirs: Vec<PathBuf>,
+    /// RuntimeClass handlers beside "" and "wasm" that run as the default one does (each
+    /// container native or Wasm by the usual signs), e.g. node e2e's `test-handler`.
+    pub extra_runtime_handlers: Vec<String>,
     pub cni: CniConfig,
     pub registry: RegistryConfig,
     pub streaming: StreamingConfig,
@@ -79,6 +82,7 @@ impl Default for Config {
             state_dir: "/run/berth".into(),
             cgroup_driver: CgroupDriver::Cgroupfs,
             cdi_spec_dirs: vec!["/etc/cdi".into(), "/var/run/cdi".into()],
+            extra_runtime_handlers: Vec::new(),
             cni: CniConfig::default(),
             registry: RegistryConfig::default(),
             streaming: StreamingConfig::default(),

@@ -212,6 +212,40 @@ async fn rpcs_not_done_yet_answer_unimplemented_by_name() {
     );
 }
 
+/// Extra RuntimeClass handlers from the config (node e2e's `test-handler`) are listed by
+/// Status and accepted by RunPodSandbox; others stay unknown.
+#[tokio::test(flavor = "multi_thread")]
+async fn configured_runtime_handlers_are_served() {
+    let d = Daemon::start_with_config("extra_runtime_handlers = [\"test-handler\"]\n");
+    let mut rt = d.runtime().await;
+    let status = rt
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<_> = status
+        .runtime_handlers
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect();
+    assert_eq!(names, ["", "wasm", "test-handler"]);
+    let logs = tempfile::tempdir().unwrap();
+    let cfg = common::host_network_pod("handler", logs.path());
+    let run = |handler: &str| cri::RunPodSandboxRequest {
+        config: Some(cfg.clone()),
+        runtime_handler: handler.into(),
+    };
+    let e = rt.run_pod_sandbox(run("kata")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    let id = rt
+        .run_pod_sandbox(run("test-handler"))
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    common::remove_pod(&mut rt, &id).await;
+}
+
 /// The streaming list RPCs (Kubernetes 1.36) answer what the List calls answer, each
 /// object once, in messages of bounded size.
 #[tokio::test(flavor = "multi_thread")]
@@ -221,17 +255,7 @@ async fn streaming_lists_answer_what_the_lists_answer() {
     let logs = tempfile::tempdir().unwrap();
     let mut made = Vec::new();
     for i in 0..3 {
-        let mut cfg = common::pod_config(&format!("stream-list-{i}"), logs.path());
-        cfg.linux = Some(cri::LinuxPodSandboxConfig {
-            security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    network: cri::NamespaceMode::Node as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        let cfg = common::host_network_pod(&format!("stream-list-{i}"), logs.path());
         made.push(
             rt.run_pod_sandbox(cri::RunPodSandboxRequest {
                 config: Some(cfg),

@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{BUSYBOX, Daemon, pod_config, pull, remove_pod};
+use common::{BUSYBOX, Daemon, host_network_pod, pod_config, pull, remove_pod};
 use cri_api::v1 as cri;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -22,22 +22,6 @@ async fn run_pod(rt: &mut Runtime, cfg: &cri::PodSandboxConfig) -> Result<String
     })
     .await
     .map(|r| r.into_inner().pod_sandbox_id)
-}
-
-/// A pod on the host network: no CNI, so many of them are cheap.
-fn host_network_pod(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
-    let mut cfg = pod_config(name, log_dir);
-    cfg.linux = Some(cri::LinuxPodSandboxConfig {
-        security_context: Some(cri::LinuxSandboxSecurityContext {
-            namespace_options: Some(cri::NamespaceOption {
-                network: cri::NamespaceMode::Node as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    cfg
 }
 
 fn container_config(name: &str, cmd: &[&str]) -> cri::ContainerConfig {

@@ -6,7 +6,7 @@ use sandbox::cni::PortMapping;
 use sandbox::pod::files::DnsConfig;
 use sandbox::pod::{IdMapping, NamespaceMode, NamespaceModes, PodSpec, UserNamespaceSpec};
 
-use super::status::RUNTIME_HANDLERS;
+use super::status::runtime_handlers;
 use crate::error::{CriError, CriResult, blocking};
 use crate::metadata;
 use crate::service::CriService;
@@ -15,6 +15,13 @@ pub async fn run_pod_sandbox(
     svc: &CriService,
     req: RunPodSandboxRequest,
 ) -> CriResult<RunPodSandboxResponse> {
+    let handlers = runtime_handlers(&svc.config);
+    if !handlers.contains(&req.runtime_handler) {
+        return Err(CriError::InvalidArgument(format!(
+            "runtime handler {:?} is unknown; berth has {handlers:?}",
+            req.runtime_handler
+        )));
+    }
     let spec = pod_spec(req)?;
     let in_use = svc.pods.metadata_bytes();
     let adding = metadata::metadata_size(spec.labels.iter().chain(&spec.annotations));
@@ -24,14 +31,9 @@ pub async fn run_pod_sandbox(
     Ok(RunPodSandboxResponse { pod_sandbox_id })
 }
 
-/// The request as a `PodSpec`: pure, no system calls (public for cri-server/fuzz).
+/// The request as a `PodSpec`: pure, no system calls (public for cri-server/fuzz). The
+/// runtime handler is checked against the configuration by the caller.
 pub fn pod_spec(req: RunPodSandboxRequest) -> CriResult<PodSpec> {
-    if !RUNTIME_HANDLERS.contains(&req.runtime_handler.as_str()) {
-        return Err(CriError::InvalidArgument(format!(
-            "runtime handler {:?} is unknown; berth has {:?}",
-            req.runtime_handler, RUNTIME_HANDLERS
-        )));
-    }
     let config = req
         .config
         .ok_or_else(|| CriError::InvalidArgument("RunPodSandbox needs a config".into()))?;

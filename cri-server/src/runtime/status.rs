@@ -17,6 +17,15 @@ const RUNTIME_READY: &str = "RuntimeReady";
 /// The handlers a RuntimeClass may name: the default, and `wasm`, which runs each
 /// container whose entrypoint is a Wasm module in Wasmtime and the others natively.
 pub const RUNTIME_HANDLERS: [&str; 2] = ["", wasm_exec::decision::WASM_RUNTIME_HANDLER];
+
+/// Those and the configured `extra_runtime_handlers` (which run as the default does).
+pub fn runtime_handlers(cfg: &crate::config::Config) -> Vec<String> {
+    RUNTIME_HANDLERS
+        .iter()
+        .map(|h| h.to_string())
+        .chain(cfg.extra_runtime_handlers.iter().cloned())
+        .collect()
+}
 const NETWORK_READY: &str = "NetworkReady";
 
 pub fn status(svc: &CriService, req: StatusRequest) -> CriResult<StatusResponse> {
@@ -58,10 +67,10 @@ pub fn status(svc: &CriService, req: StatusRequest) -> CriResult<StatusResponse>
         }),
         info,
         // Features are advertised only once they really work.
-        runtime_handlers: RUNTIME_HANDLERS
-            .iter()
+        runtime_handlers: runtime_handlers(cfg)
+            .into_iter()
             .map(|name| RuntimeHandler {
-                name: name.to_string(),
+                name,
                 features: Some(RuntimeHandlerFeatures {
                     recursive_read_only_mounts: true,
                     user_namespaces: true,

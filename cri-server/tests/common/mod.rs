@@ -373,3 +373,19 @@ pub async fn run_pod(rt: &mut RuntimeClient, cfg: &cri_api::v1::PodSandboxConfig
     .into_inner()
     .pod_sandbox_id
 }
+
+/// A pod on the host network: no CNI, so many of them are cheap.
+pub fn host_network_pod(name: &str, log_dir: &Path) -> cri_api::v1::PodSandboxConfig {
+    let mut cfg = pod_config(name, log_dir);
+    cfg.linux = Some(cri_api::v1::LinuxPodSandboxConfig {
+        security_context: Some(cri_api::v1::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri_api::v1::NamespaceOption {
+                network: cri_api::v1::NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    cfg
+}
