@@ -339,7 +339,9 @@ fn cdi_device_names(cfg: &cri_api::v1::ContainerConfig) -> Vec<String> {
                 .map(String::from),
         );
     }
-    names.dedup();
+    // One device named twice (field and annotation) is applied once.
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
     names
 }
 
