@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{BUSYBOX, pod_config, pull, remove_pod, run_pod, wait_exited};
+use common::{BUSYBOX, pod_config, pull, remove_pod, run_pod, status, wait_exited};
 use cri_api::v1 as cri;
 use tonic::transport::Channel;
 
@@ -40,18 +40,6 @@ async fn create(
     })
     .await
     .map(|r| r.into_inner().container_id)
-}
-
-async fn status(rt: &mut Runtime, id: &str) -> cri::ContainerStatus {
-    rt.container_status(cri::ContainerStatusRequest {
-        container_id: id.into(),
-        verbose: false,
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .status
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -365,16 +365,7 @@ async fn image_volumes_mount_the_image_or_a_sub_path_read_only() {
     let (code, out) = exec(&mut rt, &id, &["touch", "/whole/new"]).await;
     assert_ne!(code, 0, "an image volume must be read-only: {out}");
     // ContainerStatus names each image volume's image by the id PullImage gave.
-    let status = rt
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.clone(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let status = common::status(&mut rt, &id).await;
     let whole = status
         .mounts
         .iter()
@@ -462,16 +453,7 @@ async fn one_image_has_one_id_everywhere() {
     )
     .await
     .unwrap();
-    let status = rt
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.clone(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let status = common::status(&mut rt, &id).await;
     assert_eq!(status.image_id, pulled);
     let listed = rt
         .list_containers(cri::ListContainersRequest::default())

@@ -330,16 +330,7 @@ pub async fn wait_exited(
 ) -> cri_api::v1::ContainerStatus {
     let deadline = Instant::now() + within;
     loop {
-        let s = rt
-            .container_status(cri_api::v1::ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: false,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap();
+        let s = status(rt, id).await;
         if s.state == cri_api::v1::ContainerState::ContainerExited as i32 {
             return s;
         }
@@ -388,4 +379,17 @@ pub fn host_network_pod(name: &str, log_dir: &Path) -> cri_api::v1::PodSandboxCo
         ..Default::default()
     });
     cfg
+}
+
+/// ContainerStatus (not verbose), which must succeed.
+pub async fn status(rt: &mut RuntimeClient, id: &str) -> cri_api::v1::ContainerStatus {
+    rt.container_status(cri_api::v1::ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("status of {id}: {e}"))
+    .into_inner()
+    .status
+    .unwrap()
 }
